@@ -1,0 +1,2 @@
+"""Index snapshots of gallery embeddings: format and publishing (store), verified loading (snapshot),
+exact and approximate FAISS / PyTorch search (search, faiss_index), the swappable active index (active)."""

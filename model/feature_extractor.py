@@ -1,0 +1,48 @@
+"""Frozen-backbone features of region crops (and of the whole image, for the global baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from model.backbones import Backbone
+from model.crops import crop_regions, whole_image
+
+CROPS_PER_BACKBONE_BATCH = 72
+
+
+class FeatureExtractor:
+    """Runs a frozen backbone on the 18 region crops of grey images, on one device and dtype."""
+
+    def __init__(self, backbone: Backbone, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.backbone = backbone.to(self.device, dtype)
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of one pooled backbone feature."""
+        return self.backbone.feature_dim
+
+    @torch.inference_mode()
+    def region_features(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> torch.Tensor:
+        """(B, 18, feature_dim) float32 features of each image's region crops, on the device."""
+        crops = crop_regions(self._to_tensors(images),
+                             torch.as_tensor(np.asarray(boxes), dtype=torch.float32, device=self.device))
+        batch, regions = crops.shape[:2]
+        return self._run(crops.flatten(0, 1)).view(batch, regions, -1)
+
+    @torch.inference_mode()
+    def whole_image_features(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(B, feature_dim) float32 features of each whole image resized to the crop size."""
+        return self._run(whole_image(self._to_tensors(images)))
+
+    def _to_tensors(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        return [torch.as_tensor(image, dtype=torch.float32, device=self.device) for image in images]
+
+    def _run(self, crops: torch.Tensor) -> torch.Tensor:
+        chunks = crops.to(self.dtype).split(CROPS_PER_BACKBONE_BATCH)
+        return torch.cat([self.backbone(chunk) for chunk in chunks]).float()

@@ -1,0 +1,26 @@
+"""Image preprocessing constants shared by cropping, the embedder and model fingerprints."""
+
+from __future__ import annotations
+
+CROP_SIZE = 224
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# Parts of a region box outside the image are filled with this grey value (before normalisation).
+PAD_VALUE = 0.0
+
+# Limits applied before an upload is decoded.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_SIDE = 16_384
+
+
+def preprocessing_config() -> dict:
+    """The preprocessing settings that change embeddings; hashed into model fingerprints."""
+    return {
+        "crop_size": CROP_SIZE,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "pad_value": PAD_VALUE,
+        "resize": "bilinear-antialias-no-aspect",
+        "grey_to_rgb": "replicate",
+    }
