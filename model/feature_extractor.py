@@ -33,16 +33,18 @@ class FeatureExtractor:
         crops = crop_regions(self._to_tensors(images),
                              torch.as_tensor(np.asarray(boxes), dtype=torch.float32, device=self.device))
         batch, regions = crops.shape[:2]
-        return self._run(crops.flatten(0, 1)).view(batch, regions, -1)
+        return self.crop_features(crops.flatten(0, 1)).view(batch, regions, -1)
 
     @torch.inference_mode()
     def whole_image_features(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(B, feature_dim) float32 features of each whole image resized to the crop size."""
-        return self._run(whole_image(self._to_tensors(images)))
+        return self.crop_features(whole_image(self._to_tensors(images)))
+
+    @torch.inference_mode()
+    def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, feature_dim) float32 features of normalised crops (N, 3, CROP_SIZE, CROP_SIZE), in chunks."""
+        chunks = crops.to(self.device, self.dtype).split(CROPS_PER_BACKBONE_BATCH)
+        return torch.cat([self.backbone(chunk) for chunk in chunks]).float()
 
     def _to_tensors(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         return [torch.as_tensor(image, dtype=torch.float32, device=self.device) for image in images]
-
-    def _run(self, crops: torch.Tensor) -> torch.Tensor:
-        chunks = crops.to(self.dtype).split(CROPS_PER_BACKBONE_BATCH)
-        return torch.cat([self.backbone(chunk) for chunk in chunks]).float()

@@ -50,6 +50,23 @@ class ClassScores:
 
 
 @dataclass(frozen=True)
+class QueryScores:
+    """Each query's AP, HR and RR for every class, arrays (Q, C); NaN where the query is not positive
+    for the class. `hit` (Q, C) is True where a positive query retrieved at least one positive item."""
+
+    ap: np.ndarray
+    hr: np.ndarray
+    rr: np.ndarray
+    hit: np.ndarray
+
+    def class_mean(self, c: int, rows: np.ndarray) -> Scores:
+        """Mean AP, HR and RR of class `c` over the queries selected by the boolean `rows`; NaN if none."""
+        if not rows.any():
+            return Scores(math.nan, math.nan, math.nan)
+        return Scores(*(float(values[rows, c].mean()) for values in (self.ap, self.hr, self.rr)))
+
+
+@dataclass(frozen=True)
 class RetrievalReport:
     """Per-finding and averaged top-k retrieval scores, with how zero-hit queries were treated."""
 
@@ -166,6 +183,23 @@ def retrieve_top_k(
     return _top_k_indices(np.where(eligible, sim.astype(np.float64), -np.inf), k)
 
 
+def query_scores(
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    ranked: np.ndarray,
+) -> QueryScores:
+    """Per-query AP, HR and RR of ranked results (Q, k) for every class, e.g. for paired tests.
+
+    Same inputs as evaluate_retrieval; a query that is not positive for a class gets NaN there.
+    """
+    queries = _labels(query_labels, "query_labels")
+    gallery = _labels(gallery_labels, "gallery_labels")
+    if queries.shape[1] != gallery.shape[1]:
+        raise MetricsInputError(f"class counts disagree: query_labels {queries.shape[1]}, "
+                                f"gallery_labels {gallery.shape[1]}")
+    return _query_scores(queries, gallery, _ranked(ranked, queries.shape[0], gallery.shape[0]))
+
+
 def evaluate_retrieval(
     query_labels: np.ndarray,
     gallery_labels: np.ndarray,
@@ -189,14 +223,13 @@ def evaluate_retrieval(
         raise MetricsInputError("class_names must be unique")
     ranked = _ranked(ranked, queries.shape[0], gallery.shape[0])
     k = ranked.shape[1]
-    retrieved = gallery[ranked]  # (Q, k, C)
+    per_query = _query_scores(queries, gallery, ranked)
     rows = []
     for c, name in enumerate(names):
         positive = queries[:, c]
-        hits = retrieved[positive, :, c]
-        if skip_zero_hit:
-            hits = hits[hits.any(axis=1)]
-        rows.append(ClassScores(name, int(positive.sum()), hits.shape[0], _mean_scores(hits)))
+        scored = positive & per_query.hit[:, c] if skip_zero_hit else positive
+        rows.append(ClassScores(name, int(positive.sum()), int(scored.sum()),
+                                per_query.class_mean(c, scored)))
     report = RetrievalReport(k, queries.shape[0], bool(skip_zero_hit), tuple(rows),
                              _class_mean(rows, weighted=False), _class_mean(rows, weighted=True))
     logger.info("retrieval evaluated", extra={
@@ -214,7 +247,21 @@ def evaluate_embeddings(
     groups: Sequence[Hashable] | None = None,
     skip_zero_hit: bool = False,
 ) -> RetrievalReport:
-    """Evaluate a test set as both queries and gallery, by cosine similarity.
+    """Evaluate a test set as both queries and gallery, by cosine similarity (see rank_by_cosine)."""
+    if np.shape(labels)[:1] != np.shape(embeddings)[:1]:
+        raise MetricsInputError(f"embeddings ({np.shape(embeddings)[:1]}) and labels "
+                                f"({np.shape(labels)[:1]}) must describe the same items")
+    ranked = rank_by_cosine(embeddings, ids, k, groups)
+    return evaluate_retrieval(labels, labels, ranked, class_names, skip_zero_hit)
+
+
+def rank_by_cosine(
+    embeddings: np.ndarray,
+    ids: Sequence[Hashable],
+    k: int,
+    groups: Sequence[Hashable] | None = None,
+) -> np.ndarray:
+    """Indices (N, k) of each item's k most cosine-similar other items of the same set, best first.
 
     Each item retrieves its top-k among the others (never itself, by id); with `groups` (e.g.
     patient ids) it also never retrieves an item of its own group, which the research code did not
@@ -226,10 +273,9 @@ def evaluate_embeddings(
         raise MetricsInputError(f"embeddings must be a finite 2-D numeric array, got shape "
                                 f"{vectors.shape} of {vectors.dtype}")
     ids = list(ids)
-    if len(ids) != len(vectors) or np.shape(labels)[:1] != (len(vectors),):
+    if len(ids) != len(vectors):
         raise MetricsInputError(
-            f"embeddings ({len(vectors)}), labels ({np.shape(labels)[:1]}) and ids ({len(ids)}) "
-            "must describe the same items")
+            f"embeddings ({len(vectors)}) and ids ({len(ids)}) must describe the same items")
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
     if (norms == 0).any():
         raise MetricsInputError(f"embedding of '{ids[int(np.argmin(norms))]}' is all zeros; "
@@ -242,8 +288,7 @@ def evaluate_embeddings(
                        None if groups is None else groups[start:start + block], groups)
         for start in range(0, len(vectors), block)
     ]
-    ranked = np.concatenate(ranked) if ranked else np.zeros((0, k), dtype=np.int64)
-    return evaluate_retrieval(labels, labels, ranked, class_names, skip_zero_hit)
+    return np.concatenate(ranked) if ranked else np.zeros((0, k), dtype=np.int64)
 
 
 def _per_query_scores(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,11 +301,13 @@ def _per_query_scores(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return ap, num_hits / k, rr
 
 
-def _mean_scores(hits: np.ndarray) -> Scores:
-    """Mean AP, HR and RR over the rows of a (Q, k) hit matrix; NaN when Q is 0."""
-    if hits.shape[0] == 0:
-        return Scores(math.nan, math.nan, math.nan)
-    return Scores(*(float(values.mean()) for values in _per_query_scores(hits)))
+def _query_scores(queries: np.ndarray, gallery: np.ndarray, ranked: np.ndarray) -> QueryScores:
+    """QueryScores of checked boolean labels and a checked ranking."""
+    hits = gallery[ranked].transpose(0, 2, 1)  # (Q, C, k): is the i-th retrieved item positive for c
+    num_queries, num_classes, k = hits.shape
+    scores = [np.where(queries, values.reshape(num_queries, num_classes), np.nan)
+              for values in _per_query_scores(hits.reshape(-1, k))]
+    return QueryScores(*scores, hit=queries & hits.any(axis=2))
 
 
 def _top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:

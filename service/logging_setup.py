@@ -26,6 +26,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+# Libraries that attach a plain console handler to their logger when imported (PyTorch Lightning).
+_OWN_CONSOLE_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send JSON log lines to stderr at `level`."""
     handler = logging.StreamHandler(sys.stderr)
@@ -33,3 +37,8 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in _OWN_CONSOLE_LOGGERS:  # route them through the JSON handler only, not twice
+        library_logger = logging.getLogger(name)
+        library_logger.handlers.clear()
+        library_logger.propagate = True
+        library_logger.setLevel(logging.NOTSET)

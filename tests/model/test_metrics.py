@@ -16,6 +16,7 @@ from model.metrics import (
     evaluate_embeddings,
     evaluate_retrieval,
     hit_ratio,
+    query_scores,
     reciprocal_rank,
     retrieve_top_k,
 )
@@ -139,6 +140,17 @@ def test_skipping_zero_hit_queries_inflates_the_rare_class():
     assert skipped.mean.ap > honest.mean.ap
     # Weights stay the positive-query counts, as in the authors' code.
     assert skipped.weighted_mean.ap == pytest.approx((3 * 5 / 6 + 2 * 1 / 2) / 5)
+
+
+def test_per_query_scores_by_hand():
+    queries, gallery, ranked, _ = _hand_case()
+    scores = query_scores(queries, gallery, ranked)
+    np.testing.assert_allclose(scores.ap, [[1, np.nan, np.nan], [1 / 2, np.nan, np.nan], [1, 1 / 2, np.nan],
+                                           [np.nan, 0, np.nan]])
+    np.testing.assert_allclose(scores.rr[:, 1], [np.nan, np.nan, 1 / 2, 0])
+    np.testing.assert_allclose(scores.hr[:, 0], [1 / 2, 1 / 2, 1 / 2, np.nan])
+    assert scores.hit.tolist() == [[True, False, False], [True, False, False], [True, True, False],
+                                   [False, False, False]]
 
 
 def test_markdown_table_rows():

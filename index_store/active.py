@@ -1,0 +1,133 @@
+"""The active snapshot of a running service: lease-counted, swapped atomically, with rollback.
+
+Readers take a lease on the current snapshot (a short lock only to read the pointer and count the
+lease, never held during a search), so a search runs entirely on one snapshot; a swap only moves the
+pointer, and a replaced snapshot is closed when its last lease ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from index_store.errors import SnapshotNotFoundError
+from index_store.manifest import Manifest
+from index_store.search import Exclusion, QueryHits
+from index_store.snapshot import Snapshot
+from index_store.store import open_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Held:
+    snapshot: Snapshot
+    leases: int = 0
+    retired: bool = False
+
+
+class ActiveIndex:
+    """The snapshot that serves searches, chosen from a store; activate, roll back, search, lease."""
+
+    def __init__(
+        self,
+        store: Path,
+        *,
+        expected_fingerprint: str | None = None,
+        expected_dimension: int | None = None,
+        device: str = "cpu",
+    ):
+        self.store = store
+        self._expected_fingerprint = expected_fingerprint
+        self._expected_dimension = expected_dimension
+        self._device = device
+        self._lock = threading.Lock()  # guards _current and lease counts only
+        self._activation_lock = threading.Lock()  # one activation or rollback at a time
+        self._current: _Held | None = None
+        self._previous_version: str | None = None
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest of the active snapshot, or None before the first activation."""
+        held = self._current
+        return held.snapshot.manifest if held else None
+
+    @property
+    def previous_version(self) -> str | None:
+        """The version a rollback would return to."""
+        return self._previous_version
+
+    def activate(self, version: str) -> Manifest:
+        """Verify, load and canary-check `version`, then swap it in; on any failure the active one stays."""
+        with self._activation_lock:
+            current = self._current
+            if current is not None and current.snapshot.version == version:
+                return current.snapshot.manifest
+            return self._swap_in(version)
+
+    def rollback(self) -> Manifest:
+        """Activate the previously active version again (verified like any activation)."""
+        with self._activation_lock:
+            if self._previous_version is None:
+                raise SnapshotNotFoundError("there is no previous snapshot to roll back to")
+            return self._swap_in(self._previous_version)
+
+    @contextmanager
+    def lease(self) -> Iterator[Snapshot]:
+        """The active snapshot, guaranteed open until the block ends even if another is swapped in meanwhile."""
+        with self._lock:
+            held = self._current
+            if held is None:
+                raise SnapshotNotFoundError("no index snapshot is active")
+            held.leases += 1
+        try:
+            yield held.snapshot
+        finally:
+            with self._lock:
+                held.leases -= 1
+                release = held.retired and held.leases == 0
+            if release:
+                held.snapshot.close()
+
+    def search(
+        self, queries: np.ndarray, k: int, exclusions: Exclusion | Sequence[Exclusion] | None = None
+    ) -> list[QueryHits]:
+        """Search the active snapshot (see Snapshot.search); every hit list reports the version that served it."""
+        with self.lease() as snapshot:
+            return snapshot.search(queries, k, exclusions)
+
+    def close(self) -> None:
+        """Retire the active snapshot; it is closed once its last lease ends."""
+        with self._activation_lock:
+            self._retire(None)
+
+    def _swap_in(self, version: str) -> Manifest:
+        snapshot = open_version(
+            self.store,
+            version,
+            expected_fingerprint=self._expected_fingerprint,
+            expected_dimension=self._expected_dimension,
+            device=self._device,
+        )
+        old_version = self._retire(_Held(snapshot))
+        self._previous_version = old_version
+        log.info("index snapshot activated", extra={"version": version, "previous_version": old_version})
+        return snapshot.manifest
+
+    def _retire(self, new: _Held | None) -> str | None:
+        """Make `new` current; close the old one now if unleased, else when its last lease ends."""
+        with self._lock:
+            old, self._current = self._current, new
+            if old is None:
+                return None
+            old.retired = True
+            release = old.leases == 0
+        if release:
+            old.snapshot.close()
+        return old.snapshot.version

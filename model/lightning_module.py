@@ -1,0 +1,204 @@
+"""PyTorch Lightning pieces of the trainer: the cached-feature data module, the module that trains a
+CheXtriev network on it, and the callback that records each epoch and keeps the best weights.
+
+The frozen backbone is not here: its region features were computed once and cached (model.feature_cache),
+so only the projection, the graph transformer and the classifier are trained.
+
+Losses: binary cross-entropy per finding on the image logits. For node supervision (V4) the node
+logits get binary cross-entropy too, against the image labels broadcast to all 18 regions: the cache
+holds image labels only (see model.training). The validation loss is the same loss averaged over
+every validation image exactly once, also under DDP, where each rank's predictions are gathered and
+the DistributedSampler's padding duplicates dropped; every rank therefore sees the same validation
+loss and AUC and takes the same early-stopping and scheduling decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from model.classification_metrics import macro_roc_auc
+from model.network import CheXtriev, NetworkOutput
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[Tensor, Tensor, Tensor]  # fp16 region features (B, 18, F), float labels (B, C), cache rows (B,)
+
+
+class CachedRegionFeatures(Dataset):
+    """Rows of a feature cache: (fp16 region features (18, F), float32 labels (C,), row index).
+
+    Features stay fp16 as stored; the module casts each batch to float32.
+    """
+
+    def __init__(self, region_features: np.ndarray, labels: np.ndarray, rows: np.ndarray):
+        self.region_features = region_features
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> tuple[Tensor, Tensor, int]:
+        row = int(self.rows[item])
+        return torch.from_numpy(np.array(self.region_features[row])), torch.from_numpy(self.labels[row]), row
+
+
+class CachedFeatureDataModule(L.LightningDataModule):
+    """Train and validation loaders over the given cache rows; the train loader reshuffles every epoch
+    (from the global seed; under DDP Lightning swaps in a seeded DistributedSampler)."""
+
+    def __init__(self, region_features: np.ndarray, labels: np.ndarray, train_rows: np.ndarray,
+                 val_rows: np.ndarray, batch_size: int):
+        super().__init__()
+        self.train_set = CachedRegionFeatures(region_features, labels, train_rows)
+        self.val_set = CachedRegionFeatures(region_features, labels, val_rows)
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """One validation pass over every validation image: mean loss, macro ROC-AUC (NaN when no class
+    has both positives and negatives) and how many images it covered."""
+
+    loss: float
+    auc: float
+    images: int
+
+
+class CheXtrievModule(L.LightningModule):
+    """Trains a CheXtriev network on cached region features with Adam and ReduceLROnPlateau."""
+
+    def __init__(self, network: CheXtriev, *, lr: float, lr_factor: float, lr_patience: int):
+        super().__init__()
+        self.network = network
+        self.lr, self.lr_factor, self.lr_patience = lr, lr_factor, lr_patience
+        self.last_validation: ValidationSummary | None = None
+        self._validation_parts: list[tuple[Tensor, ...]] = []
+
+    def forward(self, region_features: Tensor) -> NetworkOutput:
+        return self.network(region_features.float())
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        features, labels, _ = batch
+        loss = per_image_loss(self(features), labels).mean()
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=len(labels))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._validation_parts = []
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        features, labels, rows = batch
+        output = self(features)
+        self._validation_parts.append((per_image_loss(output, labels).float(), output.logits.float(), labels, rows))
+
+    def on_validation_epoch_end(self) -> None:
+        losses, logits, labels, rows = (self._gathered(torch.cat(part)) for part in zip(*self._validation_parts))
+        self._validation_parts = []
+        rows, first = np.unique(rows.cpu().numpy(), return_index=True)  # drop DistributedSampler padding
+        auc = macro_roc_auc(logits.cpu().numpy()[first], labels.cpu().numpy()[first] > 0.5).value
+        self.last_validation = ValidationSummary(float(losses[first].mean()), auc, len(rows))
+        self.log("val_loss", self.last_validation.loss, prog_bar=True, sync_dist=True)
+        if not math.isnan(auc):
+            self.log("val_auc", auc, prog_bar=True, sync_dist=True)
+
+    def _gathered(self, values: Tensor) -> Tensor:
+        """Concatenate `values` over all ranks (each rank holds the same count: the sampler pads)."""
+        if self.trainer.world_size == 1:
+            return values
+        return self.all_gather(values).flatten(0, 1)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.lr, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=self.lr_factor,
+                                                               patience=self.lr_patience)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"}}
+
+
+def per_image_loss(output: NetworkOutput, labels: Tensor) -> Tensor:
+    """(B,) binary cross-entropy averaged over findings; plus, with node logits, the node-level
+    cross-entropy against the image labels broadcast to every region, averaged over regions and findings."""
+    labels = labels.to(output.logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(output.logits, labels, reduction="none").mean(dim=1)
+    if output.node_logits is not None:
+        node_labels = labels[:, None, :].expand_as(output.node_logits)
+        loss = loss + F.binary_cross_entropy_with_logits(output.node_logits, node_labels,
+                                                         reduction="none").mean(dim=(1, 2))
+    return loss
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch did (epochs count from 0, as Lightning's progress bar shows them)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_auc: float | None
+    lr: float
+    seconds: float
+
+
+class EpochRecorder(L.Callback):
+    """Times and logs every epoch (one structured line on rank 0) and keeps a CPU copy of the
+    weights of the best epoch: highest validation AUC, or lowest validation loss when `select_on`
+    is "val_loss"."""
+
+    def __init__(self, select_on: str):
+        if select_on not in ("val_auc", "val_loss"):
+            raise ValueError(f"select_on must be val_auc or val_loss, got {select_on!r}")
+        self.select_on = select_on
+        self.history: list[EpochRecord] = []
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, Tensor] | None = None
+        self._best_score = -math.inf
+        self._started = 0.0
+        self._lr = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: CheXtrievModule) -> None:
+        self._started = time.perf_counter()
+        self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: CheXtrievModule) -> None:
+        summary = pl_module.last_validation
+        if trainer.sanity_checking or summary is None:
+            return
+        score = summary.auc if self.select_on == "val_auc" else -summary.loss
+        if score > self._best_score:
+            self._best_score, self.best_epoch = score, trainer.current_epoch
+            if trainer.is_global_zero:
+                self.best_state = {name: tensor.detach().to("cpu", copy=True)
+                                   for name, tensor in pl_module.network.state_dict().items()}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: CheXtrievModule) -> None:
+        summary = pl_module.last_validation
+        record = EpochRecord(
+            epoch=trainer.current_epoch,
+            train_loss=float(trainer.callback_metrics["train_loss"]),
+            val_loss=summary.loss,
+            val_auc=None if math.isnan(summary.auc) else summary.auc,
+            lr=self._lr,
+            seconds=time.perf_counter() - self._started,
+        )
+        self.history.append(record)
+        if trainer.is_global_zero:
+            logger.info("epoch finished", extra=vars(record))
+

@@ -1,0 +1,288 @@
+"""Offline training of a CheXtriev network on cached backbone features, with the paper's defaults.
+
+The backbone is frozen and takes no part in training: its region features were computed once by
+model.feature_cache, so training learns only the projection, the graph transformer and the classifier,
+and the checkpoint records (by name and fingerprint) the backbone that the features came from.
+
+Defaults (paper, REFERENCE_NOTES "Optimisation"): Adam lr 1e-4 without weight decay, ReduceLROnPlateau
+(factor 0.1) on the validation loss, gradient clipping at norm 0.5, batches of 16 with gradients
+accumulated over 8, at most 30 epochs, early stopping on the validation loss after 4 evaluations
+without improvement; the weights saved are those of the epoch with the best validation macro ROC-AUC
+(over the findings that have positives and negatives in the validation split; when none has, the
+epoch with the lowest validation loss, and the result says so). No positive-class weighting: the paper
+has none.
+
+Decisions worth knowing
+- The paper does not give the scheduler's patience; `lr_patience` keeps PyTorch's default (10).
+  With early stopping after 4 evaluations without improvement, the learning rate is then practically
+  never reduced in a default run; set `lr_patience` below `patience` to make the schedule act.
+- Node supervision (V4): the cache holds image labels only, so each region's node logits are
+  trained against the image's labels broadcast to all 18 regions. The paper's V4 used region labels
+  from Chest ImaGenome; this broadcast target is weaker (it tells a region what its image shows,
+  not what the region shows) and is recorded in the checkpoint metadata.
+- Seeded with lightning.seed_everything and deterministic algorithms where PyTorch has them
+  (a warning, not an error, for those it lacks): two CPU runs with the same seed write identical weights.
+- DDP (also several nodes) through Lightning, launched by Lightning itself or by torchrun without any
+  change; each rank sees 1/world_size of the training batches per epoch (so the effective batch is
+  batch_size x accumulate_grad_batches x world_size, as in the paper's 16 x 8 x GPUs). Only rank 0
+  writes the checkpoint. Everything Lightning writes stays under `out_dir`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import CSVLogger
+
+from model.checkpoint import save_checkpoint
+from model.classification_metrics import evaluable_classes
+from model.config import ModelConfig
+from model.errors import ChextrievError
+from model.feature_cache import FeatureCache
+from model.lightning_module import CachedFeatureDataModule, CheXtrievModule, EpochRecord, EpochRecorder
+from model.network import CheXtriev
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIRNAME = "checkpoint"
+NODE_TARGETS_NOTE = "image labels broadcast to all 18 regions (the feature cache holds no region labels)"
+
+
+class TrainingError(ChextrievError):
+    """Training cannot start: the cache, the model configuration or the output directory does not fit."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings; the defaults are the paper's (see the module docstring)."""
+
+    lr: float = 1e-4
+    batch_size: int = 16
+    accumulate_grad_batches: int = 8
+    max_epochs: int = 30
+    patience: int = 4
+    gradient_clip: float = 0.5
+    lr_factor: float = 0.1
+    lr_patience: int = 10
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be a positive integer, got {getattr(self, name)!r}"
+                    for name in ("batch_size", "accumulate_grad_batches", "max_epochs", "num_nodes")
+                    if not _is_int(getattr(self, name)) or getattr(self, name) < 1]
+        problems += [f"{name} must be a non-negative integer, got {getattr(self, name)!r}"
+                     for name in ("patience", "lr_patience", "seed")
+                     if not _is_int(getattr(self, name)) or getattr(self, name) < 0]
+        problems += [f"{name} must be a positive number, got {getattr(self, name)!r}"
+                     for name in ("lr", "gradient_clip")
+                     if not _is_number(getattr(self, name)) or not getattr(self, name) > 0]
+        if not _is_number(self.lr_factor) or not 0 < self.lr_factor < 1:
+            problems.append(f"lr_factor must be a number in (0, 1), got {self.lr_factor!r}")
+        if not (self.devices == "auto" or _is_int(self.devices) and self.devices >= 1):
+            problems.append(f"devices must be 'auto' or a positive integer, got {self.devices!r}")
+        if problems:
+            raise ValueError("invalid training configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dictionary of every setting."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a training run produced; `best_val_auc` is None when the model was selected on the
+    validation loss (`selected_on`), because no finding had both positives and negatives in val."""
+
+    checkpoint_dir: Path
+    best_val_auc: float | None
+    best_epoch: int
+    selected_on: str
+    epochs_run: int
+    seconds_per_epoch: float
+    history: list[EpochRecord]
+    parameters: int
+    world_size: int
+    global_rank: int
+
+
+def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConfig,
+          out_dir: str | os.PathLike) -> TrainingResult:
+    """Train `model_config` on the cache's train split, validate on its val split, and write the
+    selected weights with model.checkpoint.save_checkpoint into `out_dir`/checkpoint (rank 0 only).
+
+    Raises TrainingError, before anything is written, when the configuration does not fit the cache,
+    a split is empty, or `out_dir` already holds a checkpoint; and, without writing a checkpoint,
+    when no epoch reaches a finite validation score.
+    """
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / CHECKPOINT_DIRNAME
+    train_rows, val_rows = _split_rows(cache)
+    _check_fits(cache, model_config, checkpoint_dir)
+    auc_classes = evaluable_classes(cache.labels[val_rows])
+    select_on = "val_auc" if auc_classes else "val_loss"
+    if not auc_classes:
+        logger.warning("no finding has both positives and negatives in the validation split: "
+                       "selecting the epoch with the lowest validation loss", extra={"val_images": len(val_rows)})
+
+    L.seed_everything(training.seed, workers=True, verbose=False)
+    network = CheXtriev(model_config)
+    data = CachedFeatureDataModule(cache.region_features, cache.labels, train_rows, val_rows, training.batch_size)
+    trainer, recorder = _fit(network, data, model_config, training, out_dir, select_on)
+    if recorder.best_epoch is None:
+        raise TrainingError("no epoch reached a finite validation score (training diverged); "
+                            "try a lower learning rate")
+    history = recorder.history
+    best = next(record for record in history if record.epoch == recorder.best_epoch)
+    result = TrainingResult(
+        checkpoint_dir=checkpoint_dir,
+        best_val_auc=best.val_auc if select_on == "val_auc" else None,
+        best_epoch=best.epoch,
+        selected_on=select_on,
+        epochs_run=len(history),
+        seconds_per_epoch=float(np.mean([record.seconds for record in history])),
+        history=history,
+        parameters=sum(parameter.numel() for parameter in network.parameters()),
+        world_size=trainer.world_size,
+        global_rank=trainer.global_rank,
+    )
+    if trainer.is_global_zero:
+        network.load_state_dict(recorder.best_state)
+        metadata = {
+            "dataset": cache.dataset_name,
+            "label_names": list(cache.label_names),
+            "training": training.to_dict(),
+            "best_epoch": result.best_epoch,
+            "selected_on": select_on,
+            "val_auc": result.best_val_auc,
+            "val_auc_labels": [cache.label_names[c] for c in auc_classes],
+            "epochs_run": result.epochs_run,
+            "seconds_per_epoch": result.seconds_per_epoch,
+            "seed": training.seed,
+            "world_size": trainer.world_size,
+            "train_batches_per_rank": int(trainer.num_training_batches),
+            "train_images": len(train_rows),
+            "val_images": len(val_rows),
+            "backbone_trained": False,
+            "history": [vars(record) for record in history],
+        }
+        if model_config.node_supervision:
+            metadata["node_supervision_targets"] = NODE_TARGETS_NOTE
+        _write_checkpoint_dir(checkpoint_dir, network, cache, metadata)
+        logger.info("checkpoint written", extra={"directory": str(checkpoint_dir), "global_rank": trainer.global_rank})
+        logger.info("training finished", extra={
+            "best_epoch": result.best_epoch, "selected_on": select_on, "val_auc": result.best_val_auc,
+            "epochs_run": result.epochs_run, "seconds_per_epoch": result.seconds_per_epoch,
+            "parameters": result.parameters})
+    trainer.strategy.barrier("checkpoint written")
+    return result
+
+
+def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelConfig, training: TrainingConfig,
+         out_dir: Path, select_on: str) -> tuple[L.Trainer, EpochRecorder]:
+    """Run Lightning's fit loop; the process-wide deterministic-algorithms flag it sets is restored after."""
+    module = CheXtrievModule(network, lr=training.lr, lr_factor=training.lr_factor, lr_patience=training.lr_patience)
+    recorder = EpochRecorder(select_on)
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        trainer = _trainer(training, out_dir, recorder)
+        trainer.logger.log_hyperparams({"model": model_config.to_dict(), "training": training.to_dict()})
+        # Lightning's progress bars print to stdout; send them to stderr with the logs, keeping stdout for results.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            trainer.fit(module, datamodule=data)
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+    logger.info("rank finished training", extra={"global_rank": trainer.global_rank, "world_size": trainer.world_size,
+                                                 "train_batches": int(trainer.num_training_batches)})
+    return trainer, recorder
+
+
+def _trainer(training: TrainingConfig, out_dir: Path, recorder: EpochRecorder) -> L.Trainer:
+    """A Trainer with the paper's optimisation settings whose every output lands under `out_dir`."""
+    return L.Trainer(
+        default_root_dir=out_dir,
+        logger=CSVLogger(out_dir, name="lightning_logs"),
+        accelerator=training.accelerator,
+        devices=training.devices,
+        num_nodes=training.num_nodes,
+        strategy=training.strategy,
+        precision=training.precision,
+        max_epochs=training.max_epochs,
+        accumulate_grad_batches=training.accumulate_grad_batches,
+        gradient_clip_val=training.gradient_clip,
+        gradient_clip_algorithm="norm",
+        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=training.patience), recorder],
+        enable_checkpointing=False,  # the selected weights are written in this project's format instead
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        deterministic="warn",
+    )
+
+
+def _split_rows(cache: FeatureCache) -> tuple[np.ndarray, np.ndarray]:
+    """Usable cache rows of the train and val splits; an empty split is a TrainingError."""
+    rows = {split: cache.indices(split) for split in ("train", "val")}
+    for split, found in rows.items():
+        if len(found) == 0:
+            raise TrainingError(f"the feature cache has no usable {split} images; training needs a train split "
+                                "to learn from and a val split for early stopping and model selection")
+    return rows["train"], rows["val"]
+
+
+def _check_fits(cache: FeatureCache, model_config: ModelConfig, checkpoint_dir: Path) -> None:
+    feature_dim = cache.region_features.shape[-1]
+    if model_config.input_dim != feature_dim:
+        raise TrainingError(f"the model expects {model_config.input_dim}-d region features, "
+                            f"the cache holds {feature_dim}-d ones")
+    if model_config.num_classes != len(cache.label_names):
+        raise TrainingError(f"the model has {model_config.num_classes} classes, the cache "
+                            f"{len(cache.label_names)} labels ({', '.join(cache.label_names)})")
+    if model_config.num_regions != cache.region_features.shape[1]:
+        raise TrainingError(f"the model expects {model_config.num_regions} regions, "
+                            f"the cache holds {cache.region_features.shape[1]}")
+    if checkpoint_dir.exists():
+        raise TrainingError(f"{checkpoint_dir} already exists; train into a new output directory")
+
+
+def _write_checkpoint_dir(checkpoint_dir: Path, network: CheXtriev, cache: FeatureCache, metadata: dict) -> None:
+    """Write the checkpoint into a temporary sibling directory, then rename it into place."""
+    checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{checkpoint_dir.name}.", dir=checkpoint_dir.parent))
+    try:
+        save_checkpoint(temporary, network, cache.backbone, metadata)
+        os.replace(temporary, checkpoint_dir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    fd = os.open(checkpoint_dir.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,63 @@
+"""`chextriev features`: run the frozen backbone once over a dataset and cache its features (fp16).
+
+Interrupted runs resume: run the same command again. Several GPUs or nodes: start it through
+torchrun, e.g. `torchrun --nproc_per_node 4 -m service.cli features ...`; each process reads
+RANK/WORLD_SIZE/LOCAL_RANK, takes every WORLD_SIZE-th image and uses GPU LOCAL_RANK, and all write
+into the one cache directory, which must be on a filesystem they all see (model.feature_cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from model.backbones import BACKBONE_NAMES, build_backbone
+from model.errors import ChextrievError
+from model.feature_cache import extract_features
+from model.feature_extractor import FeatureExtractor
+from model.launch import DEVICE_CHOICES, PRECISIONS, launch_position, pick_device, pick_dtype
+from service.commands.dataset_options import add_dataset_arguments, dataset_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `features` subcommand."""
+    parser = subparsers.add_parser(
+        "features", help="cache the frozen backbone's region and whole-image features of a dataset")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="feature cache directory: created, or resumed when it holds this run's cache")
+    parser.add_argument("--backbone", choices=BACKBONE_NAMES, required=True, help="frozen ImageNet backbone")
+    parser.add_argument("--weights", default="default",
+                        help='"default", a weights name, or a local .pth/.safetensors file (default: default)')
+    parser.add_argument("--batch-size", type=int, default=16, help="images per backbone batch (default 16)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                        help="auto: this process's GPU when CUDA is present, else the CPU (default auto)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                        help="backbone compute dtype; bf16/fp16 need CUDA (default fp32)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes decoding images while the backbone runs (default 2; 0: none)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="skip images that cannot be decoded or whose anatomy is invalid (logged by case "
+                             "id, marked skipped in the cache and left out of training and evaluation) "
+                             "instead of stopping at the first")
+    add_dataset_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Extract (or resume) this process's share of the features and print the cache's summary."""
+    try:
+        position = launch_position()
+        dataset = dataset_from_args(args)
+        device = pick_device(args.device, position.local_rank)
+        extractor = FeatureExtractor(build_backbone(args.backbone, args.weights), device=device,
+                                     dtype=pick_dtype(args.precision, device))
+        cache = extract_features(dataset, extractor, args.out, batch_size=args.batch_size,
+                                 num_workers=args.workers, rank=position.rank, world_size=position.world_size,
+                                 skip_bad_images=args.skip_bad_images)
+    except ChextrievError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({**cache.summary(), "rank": position.rank, "world_size": position.world_size}))
+    return 0

@@ -1,0 +1,105 @@
+"""`chextriev index build|publish|list`: snapshots of gallery embeddings in an index store.
+
+`build` reads the gallery embeddings file the offline trainer writes (format: index_store.gallery)
+and either publishes the snapshot straight into a store (`--store`) or writes it into a new staging
+directory (`--out`) that `publish` later verifies and publishes atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from index_store.errors import SnapshotError
+from index_store.faiss_index import EXACT_FACTORY
+from index_store.gallery import read_gallery_npz, resolve_fingerprint
+from index_store.store import build_snapshot, list_snapshots, publish_directory, publish_gallery
+
+_LIST_COLUMNS = ("version", "created", "count", "dimension", "factory", "model_fingerprint")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `index` subcommand and its actions."""
+    parser = subparsers.add_parser("index", help="build, publish and list index snapshots")
+    actions = parser.add_subparsers(dest="action", required=True)
+
+    build = actions.add_parser("build", help="build a snapshot from a gallery embeddings .npz")
+    build.add_argument("--embeddings", type=Path, required=True, help="gallery embeddings .npz")
+    target = build.add_mutually_exclusive_group(required=True)
+    target.add_argument("--store", type=Path, help="publish the snapshot atomically into this index store")
+    target.add_argument("--out", type=Path, help="write the snapshot into this new staging directory")
+    build.add_argument("--version", help="snapshot version (default: the UTC build time)")
+    build.add_argument(
+        "--factory", default=EXACT_FACTORY, help='FAISS factory string (default "Flat": exact)'
+    )
+    build.add_argument(
+        "--search-params", help='FAISS search parameters, e.g. "nprobe=32" (default per index type)'
+    )
+    build.add_argument("--model-fingerprint", help="model fingerprint (default: the one in the .npz)")
+    build.set_defaults(handler=_build)
+
+    publish = actions.add_parser("publish", help="verify a staged snapshot and publish it into a store")
+    publish.add_argument("--snapshot", type=Path, required=True, help="snapshot directory built with --out")
+    publish.add_argument("--store", type=Path, required=True, help="index store directory")
+    publish.set_defaults(handler=_publish)
+
+    listing = actions.add_parser("list", help="list the snapshots of a store, oldest first")
+    listing.add_argument("--store", type=Path, required=True, help="index store directory")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=_list)
+
+
+def _build(args: argparse.Namespace) -> int:
+    try:
+        gallery, file_fingerprint = read_gallery_npz(args.embeddings)
+        options = {
+            "model_fingerprint": resolve_fingerprint(args.model_fingerprint, file_fingerprint),
+            "factory": args.factory,
+            "search_parameters": args.search_params,
+            "version": args.version,
+        }
+        if args.store is not None:
+            manifest = publish_gallery(args.store, gallery, **options)
+        else:
+            manifest = build_snapshot(args.out, gallery, **options)
+    except SnapshotError as exc:
+        return _fail(exc)
+    print(json.dumps(manifest.summary()))
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    try:
+        manifest = publish_directory(args.snapshot, args.store)
+    except SnapshotError as exc:
+        return _fail(exc)
+    print(json.dumps(manifest.summary()))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        entries = list_snapshots(args.store)
+    except SnapshotError as exc:
+        return _fail(exc)
+    rows = [entry.summary() for entry in entries]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [list(_LIST_COLUMNS)] + [
+        [str(row[c]) for c in _LIST_COLUMNS] for row in rows if row["problem"] is None
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_LIST_COLUMNS))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    for row in rows:
+        if row["problem"] is not None:
+            print(f"{row['version']}  UNREADABLE: {row['problem']}")
+    return 0
+
+
+def _fail(exc: SnapshotError) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 1

@@ -1,0 +1,8 @@
+"""Markers of the model tests."""
+
+from __future__ import annotations
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "torchrun: starts processes through torch.distributed.run (deselect with -m 'not torchrun')")

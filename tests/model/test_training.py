@@ -1,0 +1,229 @@
+"""Training on a feature cache of bundled radiographs: selection, early stopping, scheduling,
+determinism, every variant, checkpoints the embedder loads, the command line and DDP on two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.backbones import build_backbone
+from model.checkpoint import load_checkpoint, read_checkpoint_info
+from model.classification_metrics import macro_roc_auc
+from model.config import VARIANT_SETTINGS, ModelConfig
+from model.datasets.anatomy_sources import LungBoxes
+from model.datasets.records import Dataset, ImageRecord
+from model.embedder import Embedder
+from model.feature_cache import FeatureCache, extract_features
+from model.feature_extractor import FeatureExtractor
+from model.sample_retrieval import sample_case_input
+from model.training import TrainingConfig, TrainingError, train
+from service.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = {"width": 32, "num_heads": 2, "head_dim": 8, "ff_dim": 64}
+TINY_OPTIONS = ["--width", "32", "--num-heads", "2", "--head-dim", "8", "--ff-dim", "64"]
+LABELS = ("COVID-19", "AP supine")
+# Bundled sample indices: train mixes findings and views; val has both values of both labels.
+TRAIN_CASES, VAL_CASES = (0, 2, 4, 8, 10, 12, 43), (1, 17, 18, 47)
+
+
+def _labels(case) -> tuple[str, ...]:
+    return tuple(label for label, present in zip(LABELS, (case.finding == "COVID-19",
+                                                          case.metadata["view"] == "AP Supine")) if present)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory, sample_cases) -> Path:
+    """A feature cache of 11 bundled radiographs with EfficientNet-Lite0 features; one more train
+    row is a truncated JPEG, marked skipped by the cache."""
+    directory = tmp_path_factory.mktemp("features")
+    records = [ImageRecord(sample_cases[i].case_id, sample_cases[i].image_path, sample_cases[i].patient_id,
+                           split, _labels(sample_cases[i]),
+                           LungBoxes(sample_cases[i].right_lung, sample_cases[i].left_lung))
+               for split, chosen in (("train", TRAIN_CASES), ("val", VAL_CASES)) for i in chosen]
+    truncated = directory.parent / "truncated.jpg"
+    truncated.write_bytes(sample_cases[3].image_path.read_bytes()[:300])
+    records.append(ImageRecord("truncated", truncated, "p-truncated", "train", ("COVID-19",),
+                               LungBoxes(sample_cases[3].right_lung, sample_cases[3].left_lung)))
+    dataset = Dataset("bundled-sample", LABELS, records, "lung_boxes")
+    cache = directory / "cache"
+    extract_features(dataset, FeatureExtractor(build_backbone("efficientnet_lite0")), cache,
+                     batch_size=12, num_workers=0, skip_bad_images=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def cache(cache_dir) -> FeatureCache:
+    return FeatureCache.open(cache_dir)
+
+
+def _config(cache: FeatureCache, variant: str = "V6") -> ModelConfig:
+    return ModelConfig.for_variant(variant, input_dim=cache.feature_dim, num_classes=len(cache.label_names), **TINY)
+
+
+def _training(**overrides) -> TrainingConfig:
+    return TrainingConfig(**{"batch_size": 4, "accumulate_grad_batches": 1, "max_epochs": 2,
+                             "accelerator": "cpu", "devices": 1, **overrides})
+
+
+def _val_auc_of(checkpoint_dir: Path, cache: FeatureCache) -> float:
+    network, _ = load_checkpoint(checkpoint_dir)
+    rows = cache.indices("val")
+    with torch.inference_mode():
+        logits = network(torch.from_numpy(np.asarray(cache.region_features[rows], dtype=np.float32))).logits
+    return macro_roc_auc(logits.numpy(), cache.labels[rows]).value
+
+
+def _json_logs(stderr: str) -> list[dict]:
+    """The JSON log records in a command's stderr (progress bars may share their lines)."""
+    return [json.loads(line[line.index('{"time"'):]) for line in stderr.splitlines() if '{"time"' in line]
+
+
+def test_saved_weights_are_those_of_the_best_validation_auc(cache, tmp_path):
+    result = train(cache, _config(cache), _training(lr=3e-3, max_epochs=6, patience=10), tmp_path)
+    aucs = [record.val_auc for record in result.history]
+    assert result.selected_on == "val_auc" and result.epochs_run == 6
+    assert result.best_epoch == int(np.argmax(aucs)) != len(aucs) - 1  # not simply the last epoch
+    assert result.best_val_auc == pytest.approx(max(aucs))
+    assert _val_auc_of(result.checkpoint_dir, cache) == pytest.approx(result.best_val_auc, abs=1e-6)
+
+
+def test_checkpoint_embeds_a_radiograph_with_the_real_backbone(cache, tmp_path, sample_cases):
+    result = train(cache, _config(cache), _training(), tmp_path)
+    info = read_checkpoint_info(result.checkpoint_dir)
+    metadata = info.metadata
+    assert metadata["dataset"] == "bundled-sample" and metadata["label_names"] == list(LABELS)
+    assert metadata["training"] == _training().to_dict() and metadata["seed"] == 0
+    assert metadata["best_epoch"] == result.best_epoch and metadata["val_auc"] == result.best_val_auc
+    assert metadata["seconds_per_epoch"] > 0 and metadata["backbone_trained"] is False
+    assert int(cache.skipped.sum()) == 1  # the truncated JPEG, which training must leave out
+    assert (metadata["train_images"], metadata["val_images"]) == (len(TRAIN_CASES), len(VAL_CASES))
+    assert info.backbone == cache.backbone and info.model_config.num_classes == len(LABELS)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint", "lightning_logs"]
+
+    embedder = Embedder.from_checkpoint(result.checkpoint_dir)
+    case = VAL_CASES[0]
+    embedding = embedder.embed(*sample_case_input(sample_cases[case])).image[0]
+    assert embedding.shape == (32,) and np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-5)
+    row = int(np.flatnonzero(cache.case_ids == sample_cases[case].case_id)[0])
+    from_cache = embedder.embed_features(torch.from_numpy(np.asarray(cache.region_features[row:row + 1],
+                                                                     dtype=np.float32))).image[0]
+    assert float(embedding @ from_cache) > 0.999  # the cache holds this backbone's features of the image
+
+
+def test_same_seed_gives_identical_checkpoints(cache, tmp_path):
+    first, second = (read_checkpoint_info(train(cache, _config(cache), _training(seed=7), tmp_path / name)
+                                          .checkpoint_dir) for name in ("first", "second"))
+    assert first.weights_sha256 == second.weights_sha256
+    assert [epoch["val_loss"] for epoch in first.metadata["history"]] == \
+        [epoch["val_loss"] for epoch in second.metadata["history"]]
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(cache, tmp_path):
+    result = train(cache, _config(cache), _training(lr=0.05, max_epochs=12, patience=2), tmp_path)
+    losses = [record.val_loss for record in result.history]
+    waits, wait = [], 0
+    for i, loss in enumerate(losses):
+        wait = 0 if i == 0 or loss < min(losses[:i]) else wait + 1
+        waits.append(wait)
+    assert result.epochs_run < 12
+    assert waits.index(2) == len(losses) - 1  # stopped at the first second evaluation in a row without improvement
+
+
+def test_learning_rate_drops_tenfold_when_validation_loss_stalls(cache, tmp_path):
+    result = train(cache, _config(cache), _training(lr=0.02, max_epochs=6, patience=10, lr_patience=0), tmp_path)
+    lrs, losses = [r.lr for r in result.history], [r.val_loss for r in result.history]
+    best, stalled = losses[0], []
+    for loss in losses[1:-1]:  # ReduceLROnPlateau's default rule: better means below best * (1 - 1e-4)
+        stalled.append(loss >= best * (1 - 1e-4))
+        best = min(best, loss)
+    assert any(stalled)
+    for i, stall in enumerate(stalled, start=1):
+        assert lrs[i + 1] == pytest.approx(lrs[i] * (0.1 if stall else 1.0))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_SETTINGS))
+def test_every_variant_trains(cache, tmp_path, variant):
+    result = train(cache, _config(cache, variant), _training(max_epochs=1), tmp_path)
+    network, info = load_checkpoint(result.checkpoint_dir)
+    assert info.model_config.variant == variant and result.epochs_run == 1
+    assert ("node_supervision_targets" in info.metadata) == (variant == "V4")
+
+
+def test_selects_on_validation_loss_when_no_label_varies_in_val(cache_dir, tmp_path):
+    copy = tmp_path / "cache"
+    shutil.copytree(cache_dir, copy)
+    lines = [json.loads(line) for line in (copy / "records.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["split"] == "val":
+            line["labels"] = []
+    (copy / "records.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cache = FeatureCache.open(copy)
+    result = train(cache, _config(cache), _training(max_epochs=3), tmp_path / "out")
+    losses = [record.val_loss for record in result.history]
+    assert result.selected_on == "val_loss" and result.best_val_auc is None
+    assert result.best_epoch == int(np.argmin(losses))
+    assert read_checkpoint_info(result.checkpoint_dir).metadata["selected_on"] == "val_loss"
+
+
+def test_refuses_mismatched_model_or_used_output_and_writes_nothing(cache, tmp_path):
+    wrong_classes = ModelConfig.for_variant("V6", input_dim=cache.feature_dim, num_classes=9, **TINY)
+    with pytest.raises(TrainingError, match="9 classes.*2 labels"):
+        train(cache, wrong_classes, _training(), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "b" / "checkpoint").mkdir(parents=True)
+    with pytest.raises(TrainingError, match="already exists"):
+        train(cache, _config(cache), _training(), tmp_path / "b")
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["checkpoint"]
+    with pytest.raises(ValueError, match="lr_factor"):
+        TrainingConfig(lr_factor=1.5)
+
+
+def test_diverged_training_raises_and_writes_no_checkpoint(cache, tmp_path):
+    with pytest.raises(TrainingError, match="diverged"):
+        train(cache, _config(cache), _training(lr=1e30, max_epochs=1), tmp_path)
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_command_line_trains_and_reports(cache_dir, tmp_path, capsys):
+    code = main(["train", "--features", str(cache_dir), "--out", str(tmp_path), "--variant", "V3", *TINY_OPTIONS,
+                 "--epochs", "1", "--batch-size", "4", "--accumulate", "1", "--accelerator", "cpu", "--devices", "1"])
+    assert code == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # stdout holds only the summary; progress goes to stderr
+    logs = _json_logs(captured.err)
+    assert [entry["epoch"] for entry in logs if entry["message"] == "epoch finished"] == [0]
+    assert summary["epochs_run"] == 1 and summary["world_size"] == 1
+    assert read_checkpoint_info(summary["checkpoint_dir"]).model_config.variant == "V3"
+    assert main(["train", "--features", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
+    assert "not a feature cache" in capsys.readouterr().err
+
+
+def test_ddp_on_two_cpu_processes_under_torchrun(cache_dir, cache, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "service.cli", "train", "--features", str(cache_dir), "--out", str(tmp_path), *TINY_OPTIONS,
+               "--epochs", "2", "--batch-size", "2", "--accumulate", "1",
+               "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metadata = read_checkpoint_info(tmp_path / "checkpoint").metadata
+    single_process_batches = -(-len(cache.indices("train")) // 2)  # 7 train images in batches of 2: 4
+    assert metadata["world_size"] == 2 and metadata["train_batches_per_rank"] * 2 == single_process_batches
+    logs = _json_logs(completed.stderr)
+    finished = sorted((entry["global_rank"], entry["train_batches"]) for entry in logs
+                      if entry["message"] == "rank finished training")
+    assert finished == [(0, 2), (1, 2)]  # both ranks trained, each on half of the batches
+    assert [entry["global_rank"] for entry in logs if entry["message"] == "checkpoint written"] == [0]
+    assert len([entry for entry in logs if entry["message"] == "epoch finished"]) == 2  # logged by rank 0 only
+    assert len(completed.stdout.strip().splitlines()) == 1  # one JSON summary, from rank 0
+    assert any(entry["logger"].startswith("lightning") for entry in logs)  # Lightning's messages as JSON,
+    assert "INFO: " not in completed.stderr  # not a second time through its own console handler

@@ -1,0 +1,118 @@
+"""`chextriev index build|publish|list` and `chextriev bench search` through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index_store.store import open_version
+from index_store.synthetic import cluster_centres, clustered_unit_vectors
+from service.cli import main
+
+
+@pytest.fixture
+def embeddings_file(tmp_path: Path) -> Path:
+    """A gallery embeddings file exactly as the offline trainer writes it (index_store.gallery)."""
+    vectors = clustered_unit_vectors(cluster_centres(8, 16, 0), 300, 0.8, 1)
+    path = tmp_path / "gallery.npz"
+    np.savez(
+        path,
+        embeddings=vectors,
+        case_ids=np.array([f"case-{i}" for i in range(300)]),
+        group_keys=np.array([f"patient-{i // 2}" for i in range(300)]),
+        model_fingerprint=np.array("sha256:trainer-model"),
+    )
+    return path
+
+
+def test_build_into_a_store_then_list(tmp_path: Path, embeddings_file: Path, capsys) -> None:
+    store = tmp_path / "store"
+    assert (
+        main(
+            ["index", "build", "--embeddings", str(embeddings_file), "--store", str(store), "--version", "v1"]
+        )
+        == 0
+    )
+    built = json.loads(capsys.readouterr().out)
+    assert (built["version"], built["count"], built["model_fingerprint"]) == (
+        "v1",
+        300,
+        "sha256:trainer-model",
+    )
+    snapshot = open_version(store, "v1", expected_fingerprint="sha256:trainer-model")
+    assert snapshot.search(snapshot.embedding("case-7"), 1)[0].case_ids == ("case-7",)
+
+    assert main(["index", "list", "--store", str(store), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(e["version"], e["factory"], e["problem"]) for e in listed] == [("v1", "Flat", None)]
+    assert main(["index", "list", "--store", str(store)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["version", "created", "count", "dimension", "factory", "model_fingerprint"]
+    assert table[1].split()[0] == "v1" and table[1].split()[2:5] == ["300", "16", "Flat"]
+
+
+def test_build_staged_then_publish(tmp_path: Path, embeddings_file: Path, capsys) -> None:
+    staging, store = tmp_path / "staging", tmp_path / "store"
+    args = [
+        "index",
+        "build",
+        "--embeddings",
+        str(embeddings_file),
+        "--out",
+        str(staging),
+        "--version",
+        "v2",
+        "--factory",
+        "IVF4,Flat",
+        "--search-params",
+        "nprobe=2",
+    ]
+    assert main(args) == 0
+    assert not store.exists()
+    assert main(["index", "publish", "--snapshot", str(staging), "--store", str(store)]) == 0
+    published = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (published["version"], published["factory"], published["search_parameters"]) == (
+        "v2",
+        "IVF4,Flat",
+        "nprobe=2",
+    )
+    assert open_version(store, "v2").manifest.count == 300
+
+
+def test_errors_exit_nonzero_with_the_reason(tmp_path: Path, embeddings_file: Path, capsys) -> None:
+    store = tmp_path / "store"
+    build = ["index", "build", "--embeddings", str(embeddings_file), "--store", str(store), "--version", "v1"]
+    assert main(build + ["--model-fingerprint", "sha256:other"]) == 1
+    assert "differs from the embeddings file" in capsys.readouterr().err
+    assert main(build) == 0
+    assert main(build) == 1
+    assert "already published" in capsys.readouterr().err
+    assert main(["index", "list", "--store", str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_search_writes_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "search",
+        "--sizes",
+        "300",
+        "--dim",
+        "16",
+        "--factory",
+        "Flat",
+        "--factory",
+        "HNSW8",
+        "--out",
+        str(out),
+        "--repeats",
+        "3",
+    ]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert [(r["size"], r["factory"]) for r in report["results"]] == [(300, "Flat"), (300, "HNSW8")]
+    assert report["results"][0]["recall_at_10"] == 1.0
