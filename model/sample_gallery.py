@@ -7,6 +7,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from model.anatomy import validate_regions
+from model.imaging import decode_image
+from model.region_derivation import derive_regions
+
 SAMPLE_DIR = Path(__file__).parent / "samples" / "cxr_lungbox"
 
 
@@ -41,3 +47,10 @@ def load_sample_cases(sample_dir: Path = SAMPLE_DIR) -> list[SampleCase]:
                 )
             )
     return cases
+
+
+def sample_case_input(case: SampleCase) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded grey pixels and validated (18, 4) boxes derived from the case's expert lung boxes."""
+    image = decode_image(case.image_path)
+    boxes = derive_regions(case.right_lung, case.left_lung, image.width, image.height)
+    return image.pixels, validate_regions(boxes, image.width, image.height)

@@ -1,5 +1,5 @@
 """Subcommand modules of `chextriev`; each has `register(subparsers)` setting `handler`."""
 
-from service.commands import bench, demo, embed, evaluate, features, index, train
+from service.commands import bench, db, demo, embed, evaluate, features, index, serve, train
 
-COMMAND_MODULES = [demo, index, bench, train, features, evaluate, embed]
+COMMAND_MODULES = [demo, serve, index, bench, train, features, evaluate, embed, db]

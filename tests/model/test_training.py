@@ -23,7 +23,7 @@ from model.datasets.records import Dataset, ImageRecord
 from model.embedder import Embedder
 from model.feature_cache import FeatureCache, extract_features
 from model.feature_extractor import FeatureExtractor
-from model.sample_retrieval import sample_case_input
+from model.sample_gallery import sample_case_input
 from model.training import TrainingConfig, TrainingError, train
 from service.cli import main
 

@@ -11,7 +11,7 @@ from model.datasets import AtlasRegions, DatasetError, read_manifest
 from model.datasets.manifest import bundled_atlas
 from model.errors import RegionError
 from model.sample_gallery import SAMPLE_DIR
-from model.sample_retrieval import sample_case_input
+from model.sample_gallery import sample_case_input
 from tests.model.datasets.manifests import lung_row, write_csv
 
 

@@ -13,7 +13,7 @@ from model.catalogue import REGION_NAMES
 from model.datasets import DatasetError, LungBoxes, LungMasks, NamedBoxes, read_manifest
 from model.region_derivation import derive_regions_from_masks
 from model.sample_gallery import SAMPLE_DIR
-from model.sample_retrieval import sample_case_input
+from model.sample_gallery import sample_case_input
 from tests.model.datasets.manifests import lung_row, write_csv, write_jsonl
 
 SAMPLE_MANIFEST = SAMPLE_DIR / "manifest.csv"

@@ -1,0 +1,47 @@
+"""The FastAPI application: `create_app(settings)` wires the routes, the problem handlers, the upload
+limit, request logging and metrics; its lifespan loads the model and the index in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.problems import install_problem_handlers
+from service.request_log import RequestLogMiddleware
+from service.routes import admin, cases, health, saliency, search
+from service.settings import Settings, get_settings
+from service.state import ServiceState
+from service.upload_limit import FORM_OVERHEAD_BYTES, UploadLimitMiddleware
+
+DESCRIPTION = ("Case-based retrieval of chest radiographs (CheXtriev): upload a frontal radiograph with its "
+               "18 anatomical region boxes, get the most similar past cases with their findings, and see "
+               "which regions each match rests on. Errors are application/problem+json (RFC 9457).")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service application for `settings` (default: the CHEXTRIEV_* environment)."""
+    settings = settings or get_settings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(asyncio.to_thread(state.load))
+        try:
+            yield
+        finally:
+            await loading
+            state.close()
+
+    app = FastAPI(title="CheXtriev retrieval service", description=DESCRIPTION, version="1", lifespan=lifespan)
+    app.state.service = state
+    install_problem_handlers(app)
+    app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(RequestLogMiddleware, metrics=state.metrics)
+    for router in (search.router, saliency.router, cases.router, health.router):
+        app.include_router(router)
+    if settings.admin_token is not None:
+        app.include_router(admin.router)
+    return app

@@ -1,0 +1,400 @@
+"""The `chextriev demo` build: the bundled radiographs -> features -> a briefly trained model -> a
+published index snapshot -> a database of cases, all under one work directory, ready to serve.
+
+Work directory (default ./var/demo):
+- `features/`: EfficientNet-Lite0 features of the 48 radiographs (model.feature_cache);
+- `training/`: the training run; `training/checkpoint/` is the model (model.training);
+- `index/`: the index store; the demo's snapshot holds every case's embedding, its 18 occlusion
+  embeddings (so /saliency needs no network pass for a gallery case) and its patient group key;
+- `chextriev.db`: the SQLite service database with the 48 cases;
+- `patient_salt`: the salt of the patient hashes (mode 0600), made once, unless CHEXTRIEV_PATIENT_SALT
+  is set; group keys and stored hashes are HMACs under it, so the service must use the same salt;
+- `example_regions.json`: the 18 region boxes of the first bundled radiograph, for trying /search;
+- `build.json`: the build record, written last.
+Images are not copied: the image root is the bundled samples folder, which keeps each image beside
+its licence and source (ATTRIBUTION.md), and the cases name their files relative to it.
+
+Each step reuses its artefact when the build record shows it was made from the same inputs and the
+artefact is still there and sound; otherwise it builds it again (the owning modules write
+atomically). features: dataset and backbone; checkpoint: those and the model and training settings;
+snapshot: the checkpoint's fingerprint, the salt and the occlusion option; database: the bundled
+manifest's SHA-256, the salt and the newest migration. A crash leaves no record of the step it
+interrupted, so the next build redoes that step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import SecretStr
+from tqdm import tqdm
+
+from index_store.errors import SnapshotError
+from index_store.gallery import GalleryData
+from index_store.manifest import Manifest
+from index_store.store import list_snapshots, publish_gallery
+from model.backbones import Backbone, build_backbone
+from model.cached_embeddings import load_network_for, network_embeddings, patient_groups
+from model.catalogue import REGION_NAMES
+from model.checkpoint import read_checkpoint_info
+from model.config import ModelConfig
+from model.datasets.manifest import read_manifest
+from model.datasets.records import Dataset, ImageRecord
+from model.embedder import Embedder
+from model.errors import ChextrievError
+from model.feature_cache import FeatureCache, FeatureCacheError, dataset_fingerprint, extract_features
+from model.feature_extractor import FeatureExtractor
+from model.fileio import atomic_write_bytes, sha256_file
+from model.imaging import decode_image
+from model.patient_keys import patient_group_keys, patient_hash
+from model.saliency import occlusion_embeddings
+from model.sample_gallery import SAMPLE_DIR, load_sample_cases
+from model.training import CHECKPOINT_DIRNAME, TrainingConfig, train
+from service.db.migrate import current_revision, head_revision, upgrade
+from service.db.repository import CaseRecord, upsert_cases
+from service.db.session import make_engine, make_session_factory, session_scope
+from service.settings import Settings
+from service.state import DTYPES
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_WORK_DIR = Path("var/demo")
+RECORD_FORMAT = "chextriev-demo-build/1"
+MANIFEST = SAMPLE_DIR / "manifest.csv"
+MANIFEST_COLUMNS = {"patient_id": "patientid"}
+LABEL_COLUMNS = ("finding",)
+YES_NO_LABEL_COLUMNS = ("survival", "intubated", "went_icu", "needed_supplemental_O2")
+# Every case is in the gallery and nothing is evaluated, so there is no test split; 30% validation
+# gives model selection about 14 images to rest on instead of about 4.
+SPLIT_FRACTIONS = (0.7, 0.3, 0.0)
+BACKBONE = "efficientnet_lite0"
+VARIANT = "V6"
+# A quarter of the paper's width, 4 heads, 2 layers: 1.7M parameters, about a second an epoch on two
+# CPU cores. Batches of 16 without accumulation give 3 optimiser steps an epoch from the 34 training
+# images, so the learning rate is 10x the paper's; 12 epochs, all run (patience = epochs), so the run
+# takes the same short time every time, and the epoch with the best validation AUC is kept.
+MODEL_SIZES = {"width": 256, "num_heads": 4, "head_dim": 64, "ff_dim": 512}
+TRAINING = TrainingConfig(lr=1e-3, batch_size=16, accumulate_grad_batches=1, max_epochs=12, patience=12,
+                          devices=1)
+# The record keeps the HMAC of this message under the salt: it shows a changed salt, not the salt.
+SALT_CHECK_MESSAGE = "chextriev demo salt check"
+# Actions a step reports in the build record.
+BUILT, REUSED = "built", "reused"
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo's artefacts live under its work directory."""
+
+    work_dir: Path
+
+    @property
+    def features(self) -> Path:
+        return self.work_dir / "features"
+
+    @property
+    def training(self) -> Path:
+        return self.work_dir / "training"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.training / CHECKPOINT_DIRNAME
+
+    @property
+    def index_store(self) -> Path:
+        return self.work_dir / "index"
+
+    @property
+    def database(self) -> Path:
+        return self.work_dir / "chextriev.db"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.database}"
+
+    @property
+    def salt(self) -> Path:
+        return self.work_dir / "patient_salt"
+
+    @property
+    def example_regions(self) -> Path:
+        return self.work_dir / "example_regions.json"
+
+    @property
+    def record(self) -> Path:
+        return self.work_dir / "build.json"
+
+
+@dataclass(frozen=True)
+class DemoBuild:
+    """A finished build: the service settings over it, its record, and a radiograph to try it with."""
+
+    settings: Settings
+    record: dict[str, Any]
+    example_image: Path
+    example_regions: Path
+
+
+def build_demo(work_dir: str | os.PathLike = DEFAULT_WORK_DIR, *, rebuild: bool = False,
+               occlusion: bool = True) -> DemoBuild:
+    """Build (or reuse) every demo artefact under `work_dir` and return the service settings over them.
+
+    `rebuild` ignores the build record, so every step runs again; `occlusion=False` publishes the
+    snapshot without occlusion embeddings (a faster first build; /saliency then computes them per
+    case). Raises ChextrievError, SnapshotError or a database error when a step fails; a failed build
+    records nothing, so the next one compares its inputs with the last finished build's.
+    """
+    started = time.perf_counter()
+    paths = DemoPaths(Path(work_dir).resolve())
+    paths.work_dir.mkdir(parents=True, exist_ok=True)
+    base = Settings()
+    if base.dtype not in DTYPES:
+        raise ChextrievError(f"CHEXTRIEV_DTYPE={base.dtype!r} is not one of {', '.join(DTYPES)}")
+    salt = demo_salt(paths, base.patient_salt)
+    previous = {} if rebuild else read_build_record(paths.record)
+    dataset = demo_dataset()
+    backbone = build_backbone(BACKBONE)
+    model_config = ModelConfig.for_variant(VARIANT, input_dim=backbone.feature_dim,
+                                           num_classes=len(dataset.label_names), **MODEL_SIZES)
+    record: dict[str, Any] = {
+        "format": RECORD_FORMAT,
+        "manifest_sha256": sha256_file(MANIFEST),
+        "dataset_fingerprint": dataset_fingerprint(dataset),
+        "backbone_fingerprint": backbone.fingerprint,
+        "training": {"model": model_config.to_dict(), "training": TRAINING.to_dict()},
+        "salt_check": patient_group_keys([SALT_CHECK_MESSAGE], salt)[0],
+        "embedder": {"device": base.device, "dtype": base.dtype},
+    }
+    same = _same_inputs(previous, record)
+    logger.info("demo build started", extra={"work_dir": str(paths.work_dir), "rebuild": rebuild,
+                                             "occlusion": occlusion, "build_record": bool(previous)})
+    steps: dict[str, str] = {}
+    cache = _run_step(
+        steps, "features",
+        lambda: _complete_cache(paths.features) if same("dataset_fingerprint", "backbone_fingerprint") else None,
+        lambda: _extract_features(paths.features, dataset, backbone, base.device))
+    fingerprint = _run_step(
+        steps, "checkpoint",
+        lambda: (_checkpoint_fingerprint(paths.checkpoint, previous.get("checkpoint_fingerprint"))
+                 if same("dataset_fingerprint", "backbone_fingerprint", "training") else None),
+        lambda: _train(paths.training, cache, model_config))
+    manifest = _run_step(
+        steps, "snapshot",
+        lambda: (_published_snapshot(paths.index_store, previous.get("snapshot_version"), fingerprint, occlusion)
+                 if same("salt_check", "embedder") else None),
+        lambda: _publish_gallery(paths, dataset, cache, backbone, salt, occlusion, base))
+    revision = _run_step(
+        steps, "database",
+        lambda: (_current_database(paths, previous.get("db_revision"))
+                 if same("manifest_sha256", "salt_check") else None),
+        lambda: _fill_database(paths, dataset, salt))
+    record.update({
+        "checkpoint_fingerprint": fingerprint,
+        "snapshot_version": manifest.version,
+        "occlusion": manifest.occlusion_regions is not None,
+        "db_revision": revision,
+        "cases": manifest.count,
+        "steps": steps,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 2),
+    })
+    atomic_write_bytes(paths.record, json.dumps(record, indent=2).encode())
+    logger.info("demo build finished", extra={"work_dir": str(paths.work_dir), "steps": steps,
+                                              "snapshot_version": manifest.version, "cases": manifest.count,
+                                              "seconds": record["seconds"]})
+    return DemoBuild(settings=demo_settings(paths, salt, manifest.version),
+                     record=record, example_image=dataset.records[0].image_path,
+                     example_regions=paths.example_regions)
+
+
+def demo_dataset() -> Dataset:
+    """The bundled radiographs as a dataset: labels from `finding` and the yes/no outcome columns,
+    regions derived from the expert lung boxes, split by patient."""
+    return read_manifest(MANIFEST, columns=MANIFEST_COLUMNS, label_columns=LABEL_COLUMNS,
+                         yes_no_label_columns=YES_NO_LABEL_COLUMNS, split_fractions=SPLIT_FRACTIONS)
+
+
+def demo_settings(paths: DemoPaths, salt: str, snapshot_version: str, **overrides: Any) -> Settings:
+    """Service settings over a demo build; the rest (admin token, device, limits) from CHEXTRIEV_*."""
+    values = {"database_url": paths.database_url, "index_store": str(paths.index_store),
+              "checkpoint": str(paths.checkpoint), "image_root": str(SAMPLE_DIR),
+              "patient_salt": SecretStr(salt), "active_version": snapshot_version}
+    return Settings(**{**values, **overrides})
+
+
+def demo_salt(paths: DemoPaths, configured: SecretStr | None) -> str:
+    """The configured patient salt, else the work directory's, else a new random one saved there (0600)."""
+    if configured is not None:
+        return configured.get_secret_value()
+    if paths.salt.is_file():
+        return paths.salt.read_text().strip()
+    salt = secrets.token_hex(32)
+    atomic_write_bytes(paths.salt, salt.encode())
+    os.chmod(paths.salt, 0o600)
+    logger.info("patient salt generated", extra={"path": str(paths.salt)})
+    return salt
+
+
+def read_build_record(path: Path) -> dict[str, Any]:
+    """The build record at `path`, or {} when there is none or it is unreadable (everything is rebuilt)."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        logger.warning("build record unreadable: rebuilding", extra={"path": str(path), "problem": str(error)})
+        return {}
+    return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else {}
+
+
+def _same_inputs(previous: dict[str, Any], current: dict[str, Any]) -> Callable[..., bool]:
+    """A test: were the named inputs of the previous build the same as this one's?"""
+    return lambda *keys: bool(previous) and all(previous.get(key) == current[key] for key in keys)
+
+
+def _run_step(steps: dict[str, str], name: str, existing: Callable[[], T | None], build: Callable[[], T]) -> T:
+    """The step's reusable artefact (`existing()`, None when there is none), else `build()`; logged and
+    recorded in `steps`."""
+    started = time.perf_counter()
+    result = existing()
+    action = REUSED if result is not None else BUILT
+    if result is None:
+        logger.info("demo step started", extra={"step": name})
+        result = build()
+    steps[name] = action
+    logger.info("demo step finished", extra={"step": name, "action": action,
+                                             "seconds": round(time.perf_counter() - started, 2)})
+    return result
+
+
+def _complete_cache(directory: Path) -> FeatureCache | None:
+    try:
+        return FeatureCache.open(directory)
+    except FeatureCacheError:
+        return None
+
+
+def _extract_features(directory: Path, dataset: Dataset, backbone: Backbone, device: str) -> FeatureCache:
+    shutil.rmtree(directory, ignore_errors=True)
+    extractor = FeatureExtractor(backbone, device=device)
+    return extract_features(dataset, extractor, directory, num_workers=0)
+
+
+def _checkpoint_fingerprint(directory: Path, expected: str | None) -> str | None:
+    """The checkpoint's fingerprint when it is sound and the one recorded, else None."""
+    try:
+        fingerprint = read_checkpoint_info(directory).fingerprint
+    except ChextrievError:
+        return None
+    return fingerprint if fingerprint == expected else None
+
+
+def _train(directory: Path, cache: FeatureCache, model_config: ModelConfig) -> str:
+    shutil.rmtree(directory, ignore_errors=True)
+    result = train(cache, model_config, TRAINING, directory)
+    logger.info("demo model trained", extra={"best_epoch": result.best_epoch, "val_auc": result.best_val_auc,
+                                             "epochs_run": result.epochs_run, "parameters": result.parameters})
+    return read_checkpoint_info(result.checkpoint_dir).fingerprint
+
+
+def _published_snapshot(store: Path, version: str | None, fingerprint: str, occlusion: bool) -> Manifest | None:
+    """The recorded snapshot's manifest when it is published for this checkpoint (with occlusion
+    embeddings when they are asked for), else None. The service verifies its files when it loads it."""
+    try:
+        entries = list_snapshots(store)
+    except SnapshotError:
+        return None
+    manifest = next((entry.manifest for entry in entries if entry.version == version), None)
+    if (manifest is None or manifest.model_fingerprint != fingerprint
+            or (occlusion and manifest.occlusion_regions is None)):
+        return None
+    return manifest
+
+
+def _publish_gallery(paths: DemoPaths, dataset: Dataset, cache: FeatureCache, backbone: Backbone, salt: str,
+                     occlusion: bool, settings: Settings) -> Manifest:
+    """Embed every case (from the cached features), add its occlusion embeddings and group key, publish."""
+    rows = np.flatnonzero(cache.usable)
+    network, info = load_network_for(cache, paths.checkpoint)
+    embedder = Embedder(backbone, network, info.fingerprint, device=settings.device,
+                        dtype=DTYPES[settings.dtype])
+    gallery = GalleryData(
+        embeddings=network_embeddings(embedder.network, cache, rows, device=settings.device).astype(np.float32),
+        case_ids=tuple(str(case_id) for case_id in cache.case_ids[rows]),
+        group_keys=tuple(patient_group_keys(patient_groups(cache, rows), salt)),
+    )
+    if occlusion:
+        records = {record.case_id: record for record in dataset.records}
+        gallery = GalleryData(gallery.embeddings, gallery.case_ids, gallery.group_keys,
+                              gallery_occlusions(embedder, [records[case_id] for case_id in gallery.case_ids]))
+    return publish_gallery(paths.index_store, gallery, model_fingerprint=info.fingerprint)
+
+
+def gallery_occlusions(embedder: Embedder, records: list[ImageRecord]) -> np.ndarray:
+    """Float32 (N, 18, D): each record's embedding with each of its regions blanked in turn."""
+    occluded = []
+    for record in tqdm(records, desc="occlusion embeddings", unit="image"):
+        image = decode_image(record.image_path)
+        boxes = record.anatomy.boxes(image.width, image.height)
+        occluded.append(occlusion_embeddings(embedder, image.pixels, boxes).embeddings)
+    return np.stack(occluded).astype(np.float32)
+
+
+def _current_database(paths: DemoPaths, recorded: str | None) -> str | None:
+    """The database's revision when it is the recorded one and the newest, and the example is there."""
+    if not paths.database.is_file() or not paths.example_regions.is_file():
+        return None
+    revision = current_revision(paths.database_url)
+    return revision if revision is not None and revision == recorded == head_revision() else None
+
+
+def _fill_database(paths: DemoPaths, dataset: Dataset, salt: str) -> str:
+    """Migrate the database, upsert every case, and write the example regions file."""
+    revision = upgrade(paths.database_url)
+    cases = case_records(dataset, salt)
+    engine = make_engine(paths.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            counts = upsert_cases(session, cases)
+    finally:
+        engine.dispose()
+    logger.info("demo cases recorded", extra={"inserted": counts.inserted, "updated": counts.updated})
+    example = cases[0]
+    regions = dict(zip(REGION_NAMES, example.region_boxes))
+    atomic_write_bytes(paths.example_regions, json.dumps(regions, indent=2).encode())
+    return revision
+
+
+def case_records(dataset: Dataset, salt: str) -> list[CaseRecord]:
+    """The database rows of the bundled cases: findings, the 18 derived region boxes, the image path
+    relative to the samples folder, and licence metadata; the patient only as a salted hash."""
+    samples = {case.case_id: case for case in load_sample_cases()}
+    cases = []
+    for record in dataset.records:
+        image = decode_image(record.image_path)
+        boxes = record.anatomy.boxes(image.width, image.height)
+        metadata = {key: value for key, value in samples[record.case_id].metadata.items() if value}
+        cases.append(CaseRecord(
+            case_id=record.case_id,
+            patient_hash=patient_hash(record.patient_id, salt) if record.patient_id else None,
+            study_uid=None, series_uid=None, sop_uid=None,
+            findings=list(record.labels),
+            region_boxes=boxes.tolist(),
+            image_path=record.image_path.relative_to(SAMPLE_DIR).as_posix(),
+            width=image.width, height=image.height,
+            metadata=metadata,
+        ))
+    return cases

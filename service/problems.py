@@ -1,0 +1,169 @@
+"""Every error as `application/problem+json` (RFC 9457): type, title, status, detail and `errors`.
+
+`errors` lists each bad field as ``{"field": ..., "problem": ...}`` (region problems add
+``"region"``). Typed errors of the model and index store map to their statuses here, FastAPI's own
+validation errors and Starlette's routing errors are rewritten into the same shape, and anything
+unexpected becomes a 500 whose detail carries only an error id (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from index_store.errors import (
+    SnapshotCorruptError,
+    SnapshotError,
+    SnapshotExistsError,
+    SnapshotIncompatibleError,
+    SnapshotInputError,
+    SnapshotNotFoundError,
+)
+from model.errors import (
+    ChextrievError,
+    CorruptImageError,
+    ImageTooLargeError,
+    RegionError,
+    UnsupportedImageError,
+)
+from service.study_checks import UnsupportedStudyError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:chextriev:problem:"
+
+
+@dataclass(eq=False)
+class Problem(Exception):
+    """An error answered as a problem document; raise it from routes and services."""
+
+    status: int
+    slug: str
+    detail: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    headers: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.detail)
+
+
+def field_problem(field_name: str, problem: str, **extra: Any) -> dict[str, Any]:
+    """One entry of a problem's `errors` list."""
+    return {"field": field_name, "problem": problem, **extra}
+
+
+def problem_response(problem: Problem) -> JSONResponse:
+    """The problem+json response of `problem`."""
+    body = {
+        "type": TYPE_PREFIX + problem.slug,
+        "title": _title(problem.status),
+        "status": problem.status,
+        "detail": problem.detail,
+        "errors": problem.errors,
+    }
+    return JSONResponse(body, status_code=problem.status, headers=problem.headers,
+                        media_type=PROBLEM_MEDIA_TYPE)
+
+
+# (error class, HTTP status, type slug, field named in `errors`), most specific first.
+_CHEXTRIEV_ERRORS: tuple[tuple[type[Exception], int, str, str], ...] = (
+    (ImageTooLargeError, 413, "image-too-large", "image"),
+    (UnsupportedImageError, 415, "unsupported-image", "image"),
+    (CorruptImageError, 422, "corrupt-image", "image"),
+    (UnsupportedStudyError, 422, "unsupported-study", "image"),
+)
+_SNAPSHOT_ERRORS: tuple[tuple[type[SnapshotError], int, str], ...] = (
+    (SnapshotNotFoundError, 404, "snapshot-not-found"),
+    (SnapshotIncompatibleError, 409, "snapshot-incompatible"),
+    (SnapshotExistsError, 409, "snapshot-exists"),
+    (SnapshotCorruptError, 422, "snapshot-corrupt"),
+    (SnapshotInputError, 422, "snapshot-input-invalid"),
+)
+
+
+def problem_from_error(error: ChextrievError | SnapshotError) -> Problem:
+    """The problem for a typed error of the model or the index store."""
+    if isinstance(error, RegionError):
+        return Problem(422, "invalid-regions", str(error), [
+            field_problem("regions", p.problem, region=p.region) for p in error.problems])
+    for error_class, status, slug, field_name in _CHEXTRIEV_ERRORS:
+        if isinstance(error, error_class):
+            return Problem(status, slug, str(error), [field_problem(field_name, str(error))])
+    for error_class, status, slug in _SNAPSHOT_ERRORS:
+        if isinstance(error, error_class):
+            return Problem(status, slug, str(error))
+    return Problem(422, "invalid-input", str(error))
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Answer every error raised in `app` with a problem document."""
+    app.add_exception_handler(Problem, _problem_handler)
+    app.add_exception_handler(ChextrievError, _typed_error_handler)
+    app.add_exception_handler(SnapshotError, _typed_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)
+
+
+async def _problem_handler(request: Request, problem: Problem) -> JSONResponse:
+    return problem_response(problem)
+
+
+async def _typed_error_handler(request: Request, error: Exception) -> JSONResponse:
+    return problem_response(problem_from_error(error))
+
+
+async def _validation_handler(request: Request, error: RequestValidationError) -> JSONResponse:
+    errors = [field_problem(_field_name(item.get("loc", ())), item.get("msg", "invalid"),
+                            location=_location(item.get("loc", ())))
+              for item in error.errors()]
+    fields = ", ".join(dict.fromkeys(entry["field"] for entry in errors))
+    return problem_response(Problem(422, "invalid-request", f"invalid request fields: {fields}", errors))
+
+
+async def _http_exception_handler(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    slugs = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}
+    detail = error.detail if isinstance(error.detail, str) else _title(error.status_code)
+    if error.status_code == 404 and detail == "Not Found":
+        detail = f"no resource at {request.url.path}"
+    return problem_response(Problem(error.status_code, slugs.get(error.status_code, "http-error"),
+                                    detail, headers=dict(error.headers or {})))
+
+
+async def _unexpected_handler(request: Request, error: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex
+    logger.error("unexpected error", exc_info=error,
+                 extra={"error_id": error_id, "route": _route_template(request)})
+    return problem_response(Problem(500, "internal-error",
+                                    f"an unexpected error occurred (error id {error_id})"))
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    """`("body", "k")` -> "k"; the location prefix is reported separately."""
+    parts = [str(part) for part in loc[1:]] if len(loc) > 1 else [str(part) for part in loc]
+    return ".".join(parts) or "request"
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return str(loc[0]) if loc else "request"
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _route_template(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")

@@ -1,0 +1,63 @@
+"""`GET /cases/{case_id}` and its thumbnail, for result lists."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from model.catalogue import REGION_NAMES
+from service.case_images import make_thumbnail, thumbnail_etag
+from service.db.repository import CaseRecord, get_case
+from service.db.session import session_scope
+from service.problems import Problem, field_problem
+from service.routes.dependencies import State, problem_responses
+from service.schemas import CaseRegion, CaseResponse
+
+router = APIRouter(tags=["cases"])
+
+CaseId = Annotated[str, Path(min_length=1, max_length=128)]
+THUMBNAIL_CACHE_CONTROL = "private, max-age=86400"
+
+
+@router.get("/cases/{case_id}", response_model=CaseResponse, responses=problem_responses(404))
+def read_case(case_id: CaseId, state: State, request: Request) -> CaseResponse:
+    """The stored case: findings, region boxes, DICOM UIDs, size and metadata (never the patient)."""
+    case = _stored_case(state, case_id)
+    return CaseResponse(
+        case_id=case.case_id, study_uid=case.study_uid, series_uid=case.series_uid, sop_uid=case.sop_uid,
+        findings=case.findings, regions=[CaseRegion(name=name, box=box)
+                                         for name, box in zip(REGION_NAMES, case.region_boxes, strict=True)],
+        width=case.width, height=case.height, metadata=case.metadata,
+        thumbnail_url=str(request.url_for("case_thumbnail", case_id=case.case_id).path))
+
+
+@router.get("/cases/{case_id}/thumbnail", name="case_thumbnail", response_class=Response,
+            responses={**problem_responses(404), 200: {"content": {"image/jpeg": {}}}, 304: {}})
+async def case_thumbnail(case_id: CaseId, state: State,
+                         if_none_match: Annotated[str | None, Header()] = None) -> Response:
+    """A JPEG of the case's radiograph, longer side at most CHEXTRIEV_THUMBNAIL_MAX_SIDE pixels."""
+    root, max_side = state.settings.image_root, state.settings.thumbnail_max_side
+    case = await run_in_threadpool(_stored_case, state, case_id)
+    headers = {"Cache-Control": THUMBNAIL_CACHE_CONTROL}
+    etag = await run_in_threadpool(thumbnail_etag, root, case, max_side)
+    if if_none_match and _etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers={**headers, "ETag": etag})
+    thumbnail = await run_in_threadpool(make_thumbnail, root, case, max_side)
+    return Response(thumbnail.jpeg, media_type="image/jpeg", headers={**headers, "ETag": thumbnail.etag})
+
+
+def _etag_matches(if_none_match: str, etag: str) -> bool:
+    """If-None-Match's weak comparison: "*" or any listed tag equal to `etag` ignoring a W/ prefix."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _stored_case(state: State, case_id: str) -> CaseRecord:
+    with session_scope(state.sessions) as session:
+        case = get_case(session, case_id)
+    if case is None:
+        raise Problem(404, "unknown-case", f"case {case_id} is not in the gallery",
+                      [field_problem("case_id", "unknown case")])
+    return case

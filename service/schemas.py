@@ -1,0 +1,174 @@
+"""Request and response bodies of the HTTP API (pydantic models, shown in the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from index_store.manifest import Manifest
+from index_store.store import StoreEntry
+
+
+class ProblemEntry(BaseModel):
+    """One bad field of a request; region problems also name the region."""
+
+    field: str
+    problem: str
+    region: str | None = None
+    location: str | None = None
+
+
+class ProblemDocument(BaseModel):
+    """An RFC 9457 problem document (media type application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemEntry] = []
+
+
+class SearchResult(BaseModel):
+    """One retrieved gallery case, best first."""
+
+    rank: int
+    case_id: str
+    score: float = Field(description="cosine similarity of the query and the case")
+    findings: list[str]
+    metadata: dict[str, Any]
+
+
+class SearchTimings(BaseModel):
+    """Milliseconds per phase of a search."""
+
+    decode: float
+    embed: float
+    search: float
+    db: float
+    total: float
+
+
+class SearchResponse(BaseModel):
+    """The most similar gallery cases and the versions that produced them."""
+
+    query_id: str = Field(description="pass it to GET /saliency while the query is kept")
+    index_version: str
+    model_version: str = Field(description="fingerprint of the model checkpoint")
+    results: list[SearchResult]
+    timing_ms: SearchTimings
+
+
+class RegionSaliency(BaseModel):
+    """How much the match rests on one region of the retrieved case."""
+
+    name: str
+    box: list[float] = Field(description="[x1, y1, x2, y2] in pixels of the retrieved image")
+    similarity_drop: float
+    importance: float = Field(description="the drop clipped at 0 and divided by the largest drop")
+
+
+class SaliencyTimings(BaseModel):
+    """Milliseconds spent, and how many region crops went through the backbone again."""
+
+    occlusion: float
+    total: float
+    recomputed_crops: int
+
+
+class SaliencyResponse(BaseModel):
+    """Region-occlusion saliency of one retrieved case for one query."""
+
+    query_id: str
+    case_id: str
+    similarity: float
+    occlusion_source: Literal["snapshot", "recomputed", "cache"] = Field(
+        description="where the occlusion embeddings came from: the index snapshot, computed now, "
+                    "or computed for an earlier request")
+    regions: list[RegionSaliency]
+    timing_ms: SaliencyTimings
+
+
+class CaseRegion(BaseModel):
+    """One of the 18 region boxes of a case."""
+
+    name: str
+    box: list[float]
+
+
+class CaseResponse(BaseModel):
+    """A gallery case as stored (the patient is never shown, not even as a hash)."""
+
+    case_id: str
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    findings: list[str]
+    regions: list[CaseRegion]
+    width: int
+    height: int
+    metadata: dict[str, Any]
+    thumbnail_url: str
+
+
+class SnapshotSummary(BaseModel):
+    """What a snapshot's manifest says (without file digests), or why it cannot be read."""
+
+    version: str
+    created: str | None = None
+    model_fingerprint: str | None = None
+    dimension: int | None = None
+    count: int | None = None
+    factory: str | None = None
+    search_parameters: str | None = None
+    occlusion_regions: int | None = None
+    problem: str | None = None
+
+    @classmethod
+    def of_manifest(cls, manifest: Manifest) -> SnapshotSummary:
+        """The summary of a loaded snapshot's manifest."""
+        return cls(**_summary_fields(manifest.summary()))
+
+    @classmethod
+    def of_entry(cls, entry: StoreEntry) -> SnapshotSummary:
+        """The summary of a store listing entry."""
+        return cls(**_summary_fields(entry.summary()))
+
+
+class IndexListing(BaseModel):
+    """The active snapshot, the one a rollback returns to, and every snapshot in the store."""
+
+    active: SnapshotSummary | None
+    previous_version: str | None
+    available: list[SnapshotSummary]
+
+
+class ActivateRequest(BaseModel):
+    """Which published snapshot version to activate."""
+
+    version: str = Field(min_length=1, max_length=128)
+
+
+class ActivationResponse(BaseModel):
+    """The snapshot now active and the one a rollback would return to."""
+
+    active: SnapshotSummary
+    previous_version: str | None
+
+
+class Health(BaseModel):
+    """The process is alive."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """The model and an index snapshot are loaded."""
+
+    status: Literal["ready"] = "ready"
+    index_version: str
+    model_version: str
+
+
+def _summary_fields(summary: dict[str, Any]) -> dict[str, Any]:
+    return {name: summary[name] for name in SnapshotSummary.model_fields if name in summary}

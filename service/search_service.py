@@ -1,0 +1,115 @@
+"""`POST /search` as a plain function: decode, validate the regions, embed, search, look up the cases,
+keep the query for saliency and audit the search. Runs in a worker thread, never on the event loop."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from index_store.errors import SnapshotError
+from index_store.search import Exclusion
+from model.anatomy import parse_regions, validate_regions
+from model.errors import ChextrievError
+from model.imaging import ImageLimits, decode_image
+from model.patient_keys import patient_hash
+from service.db.repository import SearchAuditRecord, get_cases, record_search
+from service.db.session import session_scope
+from service.problems import Problem, field_problem, problem_from_error
+from service.query_cache import CachedQuery
+from service.schemas import SearchResponse, SearchResult, SearchTimings
+from service.state import ServiceState
+from service.study_checks import check_searchable_study
+from service.timing import PhaseTimer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One search request: the uploaded file's bytes, the regions JSON text, k, and whose cases to skip."""
+
+    image: bytes
+    regions: str
+    k: int
+    exclude_patient_id: str | None = None
+
+
+def run_search(state: ServiceState, query: SearchQuery) -> SearchResponse:
+    """Search the active index; every outcome, success or refusal, is written to the audit log."""
+    query_id = uuid.uuid4().hex
+    timer = PhaseTimer()
+    try:
+        response = _search(state, query, query_id, timer)
+    except (ChextrievError, SnapshotError, Problem) as error:
+        status = error.status if isinstance(error, Problem) else problem_from_error(error).status
+        try:
+            _audit(state, query_id, query.k, None, None, timer, [], status)
+        except Exception:  # noqa: BLE001 - the client gets the search's own error; the log gets this one
+            logger.exception("audit of a refused search failed", extra={"query_id": query_id})
+        raise
+    with timer.phase("db"):
+        _audit(state, query_id, query.k, response.index_version, response.model_version, timer,
+               [result.case_id for result in response.results], 200)
+    response.timing_ms.db, response.timing_ms.total = timer.phases["db"], timer.total_ms()
+    return response
+
+
+def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
+    embedder, index = state.require_ready()
+    regions = parse_regions(query.regions)
+    exclusion = _exclusion(state, query.exclude_patient_id)
+    with timer.phase("decode"):
+        limits = ImageLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_image_pixels)
+        image = decode_image(query.image, limits)
+        check_searchable_study(image.dicom)
+        boxes = validate_regions(regions, image.width, image.height)
+    with timer.phase("embed"):
+        embeddings = embedder.embed(image.pixels, boxes)
+    with timer.phase("search"), index.lease() as snapshot:
+        if exclusion is not None and not snapshot.has_group_keys:
+            raise Problem(422, "patient-exclusion-unavailable",
+                          f"snapshot {snapshot.version} has no patient group keys to exclude by",
+                          [field_problem("exclude_patient_id", "the active index cannot exclude by patient")])
+        hits = snapshot.search(embeddings.image, query.k, exclusion)[0]
+    with timer.phase("db"), session_scope(state.sessions) as session:
+        cases = get_cases(session, hits.case_ids)
+    missing = [case_id for case_id in hits.case_ids if case_id not in cases]
+    if missing:
+        logger.warning("retrieved cases missing from the database",
+                       extra={"index_version": hits.index_version, "case_ids": missing})
+    state.query_cache.put(query_id, CachedQuery(
+        query_id=query_id, embedding=embeddings.image[0], nodes=embeddings.nodes[0], boxes=boxes,
+        index_version=hits.index_version, model_version=embedder.fingerprint))
+    results = [SearchResult(rank=rank, case_id=case_id, score=score,
+                            findings=cases[case_id].findings if case_id in cases else [],
+                            metadata=cases[case_id].metadata if case_id in cases else {})
+               for rank, case_id, score in zip(hits.ranks, hits.case_ids, hits.scores, strict=True)]
+    phases = timer.phases
+    return SearchResponse(query_id=query_id, index_version=hits.index_version, model_version=embedder.fingerprint,
+                          results=results, timing_ms=SearchTimings(
+                              decode=phases["decode"], embed=phases["embed"], search=phases["search"],
+                              db=phases["db"], total=timer.total_ms()))
+
+
+def _exclusion(state: ServiceState, patient_id: str | None) -> Exclusion | None:
+    """The group key of `patient_id` (the same salted hash as the index's group keys), if one is given."""
+    if patient_id is None:
+        return None
+    salt = state.settings.patient_salt
+    if salt is None:
+        raise Problem(422, "patient-exclusion-unavailable",
+                      "excluding a patient needs the patient salt the gallery was hashed with "
+                      "(CHEXTRIEV_PATIENT_SALT), and none is configured",
+                      [field_problem("exclude_patient_id", "patient exclusion is not configured")])
+    return Exclusion(group_keys=frozenset({patient_hash(patient_id, salt.get_secret_value())}))
+
+
+def _audit(state: ServiceState, query_id: str, k: int, index_version: str | None, model_version: str | None,
+           timer: PhaseTimer, case_ids: list[str], status: int) -> None:
+    record = SearchAuditRecord(query_id=query_id, created_at=datetime.now(timezone.utc), k=k,
+                               index_version=index_version, model_fingerprint=model_version,
+                               latency_ms=timer.total_ms(), result_case_ids=case_ids, status_code=status)
+    with session_scope(state.sessions) as session:
+        record_search(session, record)

@@ -1,0 +1,139 @@
+"""What a running service holds: settings, database sessions, the embedder, the active index, the
+query cache and metrics; and the start-up load of the model and the index snapshot.
+
+The load runs in a worker thread after the server starts, so `/healthz` answers at once and
+`/readyz` says 503 (with the reason) until both the model and a snapshot are loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from index_store.active import ActiveIndex
+from index_store.errors import SnapshotError, SnapshotNotFoundError
+from index_store.store import list_snapshots
+from model.embedder import Embedder
+from model.errors import ChextrievError
+from model.saliency import OcclusionResult
+from service.db.session import make_engine, make_session_factory
+from service.metrics import IndexReading, ServiceMetrics
+from service.problems import Problem
+from service.query_cache import QueryCache, TtlLruCache
+from service.settings import Settings
+from service.snapshot_records import record_outcome
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STARTUP_ACTOR = "startup"
+# Occlusion embeddings computed for saliency, kept per (model, case) like the queries that asked.
+OCCLUSION_CACHE_SIZE = 32
+
+
+class ServiceState:
+    """Everything the routes share; built by `create_app`, loaded by `load()`."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        self.query_cache = QueryCache(settings.query_ttl_seconds, settings.query_cache_size)
+        self.occlusions: TtlLruCache[tuple[str, str], OcclusionResult] = TtlLruCache(
+            settings.query_ttl_seconds, OCCLUSION_CACHE_SIZE)
+        self.metrics = ServiceMetrics(self.index_reading)
+        self.embedder: Embedder | None = None
+        self.index: ActiveIndex | None = None
+        self.load_problem: str | None = "the model and the index snapshot have not been loaded yet"
+        self._load_lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and a snapshot is active."""
+        return self.embedder is not None and self.index is not None and self.index.manifest is not None
+
+    def require_ready(self) -> tuple[Embedder, ActiveIndex]:
+        """The embedder and the active index, or a 503 problem saying why they are not there."""
+        embedder, index = self.embedder, self.index
+        if embedder is None or index is None or index.manifest is None:
+            raise Problem(503, "not-ready", f"the service is not ready: {self.load_problem}",
+                          headers={"Retry-After": "5"})
+        return embedder, index
+
+    def index_reading(self) -> IndexReading:
+        """The active manifest, readiness and cache size, for the metrics."""
+        manifest = self.index.manifest if self.index is not None else None
+        return IndexReading(manifest, self.ready, len(self.query_cache))
+
+    def load(self) -> None:
+        """Load the checkpoint, then open the configured (or newest compatible) snapshot; never raises,
+        a failure is kept in `load_problem` for `/readyz`."""
+        with self._load_lock:
+            started = time.perf_counter()
+            self.load_problem = "loading the model and the index snapshot"
+            try:
+                if self.embedder is None:
+                    self.embedder = _load_embedder(self.settings)
+                if self.index is None:
+                    self.index = ActiveIndex(Path(self.settings.index_store),
+                                             expected_fingerprint=self.embedder.fingerprint,
+                                             device=_index_device(self.settings.device))
+                if self.index.manifest is None:
+                    self._activate_startup_version()
+            except Exception as error:  # noqa: BLE001 - any failure is reported by /readyz, not raised
+                self.load_problem = f"{type(error).__name__}: {error}"
+                logger.error("service load failed", exc_info=not isinstance(error, ChextrievError | SnapshotError),
+                             extra={"problem": self.load_problem})
+                return
+            self.load_problem = None
+            manifest = self.index.manifest
+            logger.info("service ready", extra={
+                "index_version": manifest.version, "model_version": self.embedder.fingerprint,
+                "count": manifest.count, "seconds": round(time.perf_counter() - started, 3)})
+
+    def mark_index_active(self) -> None:
+        """Clear the load problem once an administrator has activated a snapshot for the loaded model."""
+        if self.ready:
+            self.load_problem = None
+
+    def close(self) -> None:
+        """Release the index and the database connections."""
+        if self.index is not None:
+            self.index.close()
+        self.engine.dispose()
+
+    def _activate_startup_version(self) -> None:
+        version = self.settings.active_version or _newest_compatible(
+            Path(self.settings.index_store), self.embedder.fingerprint)
+        try:
+            manifest = self.index.activate(version)
+        except SnapshotError as error:
+            record_outcome(self.sessions, version, STARTUP_ACTOR, "refused", str(error))
+            raise
+        record_outcome(self.sessions, version, STARTUP_ACTOR, "activated", None, manifest)
+
+
+def _load_embedder(settings: Settings) -> Embedder:
+    if settings.dtype not in DTYPES:
+        raise ChextrievError(f"unknown dtype {settings.dtype!r}; use one of {sorted(DTYPES)}")
+    return Embedder.from_checkpoint(settings.checkpoint, device=settings.device, dtype=DTYPES[settings.dtype])
+
+
+def _index_device(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _newest_compatible(store: Path, fingerprint: str) -> str:
+    """The newest readable snapshot of `store` built for the model `fingerprint`."""
+    compatible = [entry.version for entry in list_snapshots(store)
+                  if entry.manifest is not None and entry.manifest.model_fingerprint == fingerprint]
+    if not compatible:
+        raise SnapshotNotFoundError(
+            f"index store {store} holds no snapshot built for model {fingerprint[:12]}...; publish one "
+            "or set CHEXTRIEV_ACTIVE_VERSION", store)
+    return compatible[-1]

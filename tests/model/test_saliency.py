@@ -1,0 +1,178 @@
+"""Region-occlusion saliency on bundled radiographs with EfficientNet-Lite0 and a small network."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.backbones import build_backbone
+from model.catalogue import NUM_REGIONS, REGION_INDEX, REGION_NAMES
+from model.config import ModelConfig
+from model.crops import crop_regions
+from model.embedder import Embedder
+from model.errors import ImageError, RegionError
+from model.network import CheXtriev
+from model.preprocessing import IMAGENET_MEAN
+from model.saliency import occlusion_embeddings, region_saliency
+from model.saliency_render import VIRIDIS_STOPS, render_saliency_png
+from model.sample_gallery import sample_case_input
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    backbone = build_backbone("efficientnet_lite0")
+    torch.manual_seed(0)
+    config = ModelConfig.for_variant("V6", input_dim=backbone.feature_dim, width=64, num_heads=4,
+                                     head_dim=16, ff_dim=128)
+    return Embedder(backbone, CheXtriev(config), "untrained")
+
+
+@pytest.fixture(scope="module")
+def retrieved(sample_cases):
+    return sample_case_input(sample_cases[1])  # its regions overlap least: 126 of 324 (r, j) pairs
+
+
+@pytest.fixture(scope="module")
+def occlusion(embedder, retrieved):
+    return occlusion_embeddings(embedder, *retrieved)
+
+
+@pytest.fixture(scope="module")
+def saliency(embedder, sample_cases, retrieved, occlusion):
+    query = embedder.embed(*sample_case_input(sample_cases[0])).image[0]
+    return region_saliency(query, occlusion.unoccluded, occlusion.embeddings, retrieved[1])
+
+
+def centre_mask(box, height: int, width: int) -> np.ndarray:
+    """Pixels whose centres lie in the box [x1, y1, x2, y2] (half-open)."""
+    x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)
+    rows, cols = np.arange(height) + 0.5, np.arange(width) + 0.5
+    return ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None]
+
+
+def blanked_from_scratch(embedder: Embedder, pixels: np.ndarray, boxes: np.ndarray,
+                         region: int) -> np.ndarray:
+    """The naive way: fill region's pixels with the ImageNet mean (per channel), crop all 18, embed."""
+    mask = centre_mask(boxes[region], *pixels.shape)
+    channels = []
+    for channel, mean in enumerate(IMAGENET_MEAN):
+        filled = torch.from_numpy(np.where(mask, mean, pixels).astype(np.float32))
+        channels.append(crop_regions([filled], torch.from_numpy(boxes)[None])[0, :, channel])
+    crops = torch.stack(channels, dim=1)
+    return embedder.embed_features(embedder.features.crop_features(crops)[None]).image[0]
+
+
+def test_occlusion_equals_blanking_and_reembedding_from_scratch(embedder, retrieved, occlusion):
+    pixels, boxes = retrieved
+    np.testing.assert_allclose(occlusion.unoccluded, embedder.embed(pixels, boxes).image[0], atol=1e-5)
+    for name in ("mediastinum", "right costophrenic angle"):  # overlaps many boxes / straddles edges
+        region = REGION_INDEX[name]
+        expected = blanked_from_scratch(embedder, pixels, boxes, region)
+        np.testing.assert_allclose(occlusion.embeddings[region], expected, atol=1e-5, err_msg=name)
+        assert float(expected @ occlusion.unoccluded) < 0.99999  # blanking the region changed something
+
+
+def test_only_crops_overlapping_the_blanked_box_are_recomputed(retrieved, occlusion):
+    pixels, boxes = retrieved
+    masks = [centre_mask(box, *pixels.shape) for box in boxes]
+    pairs = sum(bool((first & second).any()) for first in masks for second in masks)
+    assert occlusion.recomputed_crops == pairs
+    assert NUM_REGIONS <= pairs < NUM_REGIONS * NUM_REGIONS // 2
+
+
+def test_occlusion_embeddings_are_unit_vectors(occlusion):
+    assert occlusion.embeddings.shape == (NUM_REGIONS, occlusion.unoccluded.shape[0])
+    assert occlusion.embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(occlusion.embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_boxes_that_only_touch_recompute_one_crop_each(embedder, retrieved):
+    pixels = retrieved[0]
+    height, width = pixels.shape
+    xs, ys = np.linspace(0, width, 4), np.linspace(0, height, 7)  # fractional edges shared by neighbours
+    grid = np.array([[xs[c], ys[r], xs[c + 1], ys[r + 1]] for r in range(6) for c in range(3)],
+                    dtype=np.float32)
+    result = occlusion_embeddings(embedder, pixels, grid)
+    assert result.recomputed_crops == NUM_REGIONS
+    inner = 7  # touches four neighbours, which must not change
+    np.testing.assert_allclose(result.embeddings[inner], blanked_from_scratch(embedder, pixels, grid, inner),
+                               atol=1e-5)
+
+
+def test_bad_inputs_raise_typed_errors(embedder, retrieved):
+    pixels, boxes = retrieved
+    with pytest.raises(ImageError, match="grey image of shape"):
+        occlusion_embeddings(embedder, np.stack([pixels] * 3, axis=-1), boxes)
+    with pytest.raises(RegionError, match=r"expected an array \(18, 4\)"):
+        occlusion_embeddings(embedder, pixels, boxes[:17])
+
+
+def test_saliency_reports_each_region_drop_and_normalised_importance(saliency, occlusion, retrieved):
+    assert saliency.names == REGION_NAMES
+    np.testing.assert_array_equal(saliency.boxes, retrieved[1])
+    assert saliency.similarity_drop.shape == saliency.importance.shape == (NUM_REGIONS,)
+    query_times_occluded = saliency.similarity - saliency.similarity_drop
+    assert -1.0 <= saliency.similarity <= 1.0 and np.all(np.abs(query_times_occluded) <= 1.0 + 1e-5)
+    assert saliency.importance.min() >= 0.0 and saliency.importance.max() == pytest.approx(1.0)
+    assert saliency.importance.argmax() == saliency.similarity_drop.argmax()
+    np.testing.assert_array_equal(saliency.importance[saliency.similarity_drop <= 0], 0.0)
+    rows = saliency.rows()
+    assert [row["name"] for row in rows] == list(REGION_NAMES)
+    assert set(rows[0]) == {"name", "box", "similarity_drop", "importance"}
+
+
+def test_saliency_recomputes_drops_from_the_embeddings(occlusion):
+    query = occlusion.embeddings[3]  # the image with region 3 blanked, as if it were the query
+    result = region_saliency(query, occlusion.unoccluded, occlusion.embeddings, np.ones((NUM_REGIONS, 4)))
+    similarity = float(query @ occlusion.unoccluded)
+    assert result.similarity == pytest.approx(similarity, abs=1e-6)
+    np.testing.assert_allclose(result.similarity_drop, similarity - occlusion.embeddings @ query, atol=1e-6)
+    assert result.similarity_drop[3] < 0  # blanking region 3 makes it more like this query, not less
+    assert result.importance[3] == 0.0
+
+
+def test_no_drop_anywhere_gives_zero_importance(occlusion):
+    unchanged = np.repeat(occlusion.unoccluded[None], NUM_REGIONS, axis=0)
+    result = region_saliency(occlusion.unoccluded, occlusion.unoccluded, unchanged, np.ones((NUM_REGIONS, 4)))
+    assert np.all(result.importance == 0.0) and np.all(np.isfinite(result.importance))
+
+
+def test_saliency_refuses_mismatched_dimensions(occlusion):
+    with pytest.raises(ValueError, match="occluded"):
+        region_saliency(occlusion.unoccluded[:32], occlusion.unoccluded, occlusion.embeddings,
+                        np.ones((NUM_REGIONS, 4)))
+
+
+def test_png_blends_the_heatmap_over_covered_pixels_only(retrieved, saliency):
+    pixels, boxes = retrieved
+    height, width = pixels.shape
+    image = Image.open(io.BytesIO(render_saliency_png(pixels, boxes, saliency.importance)))
+    assert image.format == "PNG" and image.mode == "RGB"
+    assert image.width == width and image.height > height + 40  # the legend below the radiograph
+    array = np.asarray(image).astype(int)
+    grey = np.round(np.clip(pixels, 0, 1) * 255).astype(int)
+
+    covered = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        covered |= centre_mask(box, height, width)
+    assert (~covered).sum() > 1000
+    np.testing.assert_array_equal(array[:height][~covered], np.repeat(grey[~covered][:, None], 3, axis=1))
+
+    x1, y1, x2, y2 = boxes[int(saliency.importance.argmax())]
+    centre = array[int((y1 + y2) / 2), int((x1 + x2) / 2)]
+    assert np.abs(centre - grey[int((y1 + y2) / 2), int((x1 + x2) / 2)]).max() > 20
+
+    legend = array[height:]
+    colours = {tuple(pixel) for pixel in legend.reshape(-1, 3)}
+    assert VIRIDIS_STOPS[0] in colours and VIRIDIS_STOPS[-1] in colours  # the colour bar's ends
+
+
+def test_png_of_a_large_image_is_scaled_down(retrieved, saliency):
+    pixels, boxes = retrieved
+    image = Image.open(io.BytesIO(render_saliency_png(pixels, boxes, saliency.importance, max_side=256)))
+    assert image.width == round(pixels.shape[1] * 256 / max(pixels.shape))
+    assert image.height > round(pixels.shape[0] * 256 / max(pixels.shape))
