@@ -1,0 +1,1 @@
+"""Tests of the container deployment: Dockerfile, docker-compose.yml and the docker/ entrypoints."""
