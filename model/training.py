@@ -53,6 +53,7 @@ from model.classification_metrics import evaluable_classes
 from model.config import ModelConfig
 from model.errors import ChextrievError
 from model.feature_cache import FeatureCache
+from model.fileio import fsync_directory
 from model.lightning_module import CachedFeatureDataModule, CheXtrievModule, EpochRecord, EpochRecorder
 from model.network import CheXtriev
 
@@ -273,11 +274,7 @@ def _write_checkpoint_dir(checkpoint_dir: Path, network: CheXtriev, cache: Featu
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    fd = os.open(checkpoint_dir.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(checkpoint_dir.parent)
 
 
 def _is_int(value: Any) -> bool:
