@@ -56,13 +56,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 COPY model/ model/
 COPY index_store/ index_store/
 COPY service/ service/
+COPY trainer/ trainer/
 COPY migrations/ migrations/
-# Non-editable install. service.db.migrate looks for migrations/ beside the installed packages: the
-# installed module (asked from /, not from the sources here) says where, and the revisions go there.
+# Non-editable install; the migrations are a package of the distribution, found where it is installed.
 RUN --mount=type=cache,target=/root/.cache/pip \
     extras=""; if [ "$VARIANT" = cuda ]; then extras="[gpu]"; fi \
-    && pip install ".$extras" \
-    && cp -R migrations "$(cd / && python -c 'from service.db.migrate import MIGRATIONS_DIR; print(MIGRATIONS_DIR)')"
+    && pip install ".$extras"
 RUN for backbone in $BAKE_BACKBONE_WEIGHTS; do \
       python -c 'import sys; from model.backbones import build_backbone; build_backbone(sys.argv[1])' "$backbone"; \
     done

@@ -11,7 +11,7 @@
 #       any other chextriev command, e.g. `evaluate ...` or `index list --store /data/index`
 #
 # FEATURES_OPTIONS are those of `chextriev features` except --out: the backbone, the dataset and
-# e.g. --batch-size or --precision, as in `--backbone resnet50 --manifest /datasets/gallery.csv`.
+# e.g. --batch-size or --dtype, as in `--backbone resnet50 --manifest /datasets/gallery.csv`.
 # Environment:
 #   CHEXTRIEV_RUN              name of the run, of its checkpoint and of its snapshot (default: UTC time);
 #                              running the same name again resumes it (features, training, checkpoint)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import math
 from collections.abc import Mapping
 from numbers import Real
@@ -18,8 +17,6 @@ import numpy as np
 
 from model.catalogue import NUM_REGIONS, REGION_INDEX, REGION_NAMES
 from model.errors import RegionError, RegionProblem
-
-logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 
@@ -73,13 +70,13 @@ def validate_regions(boxes: Mapping[str, Box], width: int, height: int) -> np.nd
 
     Raises one `RegionError` listing, by region, every unknown or missing name, malformed or
     non-finite coordinate, inverted or zero-area box and box entirely outside the image. Boxes that
-    only partly leave the image are clipped to it.
+    only partly leave the image are kept as they are: their crops are zero-padded outside the image,
+    as the paper's preprocessing does (model.crops), not clipped and then stretched.
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     matched, problems = _match_names(boxes)
     ordered = np.zeros((NUM_REGIONS, 4), dtype=np.float64)
-    clipped = []
     for index, name in enumerate(REGION_NAMES):
         if name not in matched:
             continue  # missing or malformed: already reported
@@ -87,15 +84,9 @@ def validate_regions(boxes: Mapping[str, Box], width: int, height: int) -> np.nd
         if problem:
             problems.append(RegionProblem(name, problem))
             continue
-        inside = clip_box(matched[name], width, height)
-        if inside != matched[name]:
-            clipped.append(name)
-        ordered[index] = inside
+        ordered[index] = matched[name]
     if problems:
         raise RegionError(problems)
-    if clipped:
-        logger.debug("region boxes clipped to the image",
-                     extra={"regions": clipped, "width": width, "height": height})
     return ordered.astype(np.float32)
 
 

@@ -11,11 +11,12 @@ Decisions worth knowing
 - V0 is the network with zero graph-transformer layers: its node states are the projected region
   features h0, its embedding and classifier read their mean. Having no gates, it keeps
   residual="global" only as an inert value.
-- ``edge_mode``: "none" (no graph, V0); "binary" (one shared learned edge vector, attention masked
-  by ``anatomical_adjacency()`` as the paper's neighbourhood N(i) says, V1; the research code
-  instead added one of two learned vectors per pair, adjacent or not, and masked nothing);
+- ``edge_mode``: "none" (no graph, V0); "binary" (two learned edge vectors, one for adjacent and one
+  for non-adjacent pairs, chosen per ordered pair by the co-occurrence adjacency
+  ``anatomical_adjacency()``; attention is not masked, so the graph is fully connected, V1);
   "shared" (one learned edge vector for every ordered pair, fully connected, V2/V3); "per_pair"
-  (one learned vector per ordered region pair, fully connected, V4-V6).
+  (one learned vector per ordered region pair, fully connected, V4-V6). Every graph variant adds its
+  edge vectors to both keys and values of the attention.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """DICOM files (Part 10, or a bare data set without preamble/meta) to a grey image in [0, 1].
 
+A file is parsed once (`parse_dicom`); its header (`dicom_header`) and its pixels
+(`decode_dicom_pixels`) are read from that one data set, the header first so that a caller can
+refuse an oversized image before any pixel data are decoded.
+
 Monochrome images go through the modality LUT (rescale slope/intercept), then the file's VOI LUT
 or window when present (min-max over the values otherwise); MONOCHROME1 is inverted last, so that
 dense bone is bright as in MONOCHROME2. Colour images are reduced to their luma.
@@ -8,7 +12,9 @@ dense bone is bright as in MONOCHROME2. Colour images are reduced to their luma.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from pydicom import dcmread
@@ -47,25 +53,37 @@ class DicomInfo:
 
 @dataclass(frozen=True)
 class DicomHeader:
-    """What the header says about the image, read without touching the pixel data."""
+    """What the header says about the image, read before any pixel data are decoded."""
 
     rows: int
     columns: int
     info: DicomInfo
 
 
-def is_bare_dicom(data: bytes) -> bool:
-    """True when `data`, lacking the "DICM" preamble, still parses as an image data set."""
+def parse_dicom(source: bytes | str | os.PathLike, *, pixels: bool = True) -> Dataset:
+    """The data set of a DICOM file (its bytes or path), with or without the 128-byte preamble and
+    file meta. The pixel data are read (unless `pixels` is False), never decoded."""
+    if isinstance(source, bytes):
+        return _with_elements(_read(io.BytesIO(source), pixels))
+    with open(source, "rb") as handle:
+        return _with_elements(_read(handle, pixels))
+
+
+def parse_bare_dicom(data: bytes) -> Dataset | None:
+    """The data set of `data`, which lacks the "DICM" preamble; None when it is not DICOM: neither
+    file meta nor the groups of an image data set."""
     try:
-        dataset = _parse(data, stop_before_pixels=True)
+        dataset = _read(io.BytesIO(data), pixels=True)
     except CorruptImageError:
-        return False
-    return any(tag.group in IMAGE_DATASET_GROUPS for tag in dataset.keys())
+        return None
+    has_image_groups = any(tag.group in IMAGE_DATASET_GROUPS for tag in dataset.keys())
+    if not has_image_groups and "TransferSyntaxUID" not in dataset.file_meta:
+        return None
+    return _with_elements(dataset)
 
 
-def read_dicom_header(data: bytes) -> DicomHeader:
-    """Parse everything before the pixel data; refuse what is not decoded (multi-frame, ...)."""
-    dataset = _parse(data, stop_before_pixels=True)
+def dicom_header(dataset: Dataset) -> DicomHeader:
+    """What the header says about the image; refuse what is not decoded (multi-frame, ...)."""
     with decoder_failures(CorruptImageError, "the DICOM header is damaged"):
         if "Rows" not in dataset or "Columns" not in dataset:
             raise UnsupportedImageError("the DICOM file holds no image (it has no Rows/Columns)")
@@ -83,15 +101,14 @@ def read_dicom_header(data: bytes) -> DicomHeader:
                            info=_dicom_info(dataset))
 
 
-def decode_dicom_pixels(data: bytes) -> tuple[np.ndarray, int]:
+def decode_dicom_pixels(dataset: Dataset) -> tuple[np.ndarray, int]:
     """Decode the pixel data to a grey float image in [0, 1] and the number of bits stored.
 
-    Call `read_dicom_header` first: it checks what this function assumes (one frame, a supported
+    Call `dicom_header` first: it checks what this function assumes (one frame, a supported
     photometric interpretation) and lets the caller enforce size limits before decoding.
     """
-    dataset = _parse(data, stop_before_pixels=False)
     if not any(keyword in dataset for keyword in PIXEL_KEYWORDS):
-        # pydicom drops an encapsulated Pixel Data element that ends before its delimiter.
+        # A file cut before its pixel data.
         raise CorruptImageError("the DICOM pixel data are missing or truncated")
     _ensure_transfer_syntax(dataset)
     _require_decoder(dataset.file_meta.TransferSyntaxUID)
@@ -106,10 +123,19 @@ def decode_dicom_pixels(data: bytes) -> tuple[np.ndarray, int]:
     return grey, bits_stored
 
 
-def _parse(data: bytes, stop_before_pixels: bool) -> Dataset:
-    """pydicom's reading of `data`, with or without the 128-byte preamble and file meta."""
+def _read(file: BinaryIO, pixels: bool) -> Dataset:
+    """pydicom's reading of `file`, forced to read a data set without preamble or file meta."""
     with decoder_failures(CorruptImageError, "the DICOM file is damaged or truncated"):
-        return dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+        return dcmread(file, force=True, stop_before_pixels=not pixels)
+
+
+def _with_elements(dataset: Dataset) -> Dataset:
+    """`dataset`, refused as truncated when pydicom read no element of it: it drops them all when
+    one (encapsulated pixel data, a sequence) ends before its delimiter."""
+    if len(dataset) == 0:
+        raise CorruptImageError(
+            "the DICOM file is damaged or truncated: no data element could be read")
+    return dataset
 
 
 def _ensure_transfer_syntax(dataset: Dataset) -> None:

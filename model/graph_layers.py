@@ -4,6 +4,7 @@ one pre-LayerNorm layer made of them. Shapes: b batch, n regions, h heads, d per
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
@@ -28,20 +29,29 @@ class EdgeAwareAttention(nn.Module):
         runs once per forward; a shared edge vector (1, 1, width) is projected once, not n*n times."""
         return rearrange(self.edges_to_kv(edges), "i j (h d) -> h i j d", h=self.num_heads)
 
-    def forward(self, nodes: Tensor, edges: Tensor, mask: Tensor | None = None) -> Tensor:
-        """nodes (b, n, width), projected edges (h, n|1, n|1, d), mask (n, n) True where i may attend to j."""
+    def attention_weights(self, nodes: Tensor, edges: Tensor) -> Tensor:
+        """Softmax attention (b, h, n, n) of nodes (b, n, width) over each other, given projected
+        edges (h, n|1, n|1, d); before dropout."""
         n = nodes.shape[1]
-        q = rearrange(self.to_q(nodes), "b n (h d) -> b h n d", h=self.num_heads)
-        k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.num_heads) for t in self.to_kv(nodes).chunk(2, dim=-1))
-        edges = edges.expand(-1, n, n, -1)
+        q, k = self._heads(self.to_q(nodes)), self._keys_or_values(nodes, 0)
         scores = (einsum(q, k, "b h i d, b h j d -> b h i j")
-                  + einsum(q, edges, "b h i d, h i j d -> b h i j")) * self.scale
-        if mask is not None:
-            scores = scores.masked_fill(~mask, -torch.finfo(scores.dtype).max)
-        attention = self.dropout(scores.softmax(dim=-1))
-        out = (einsum(attention, v, "b h i j, b h j d -> b h i d")
-               + einsum(attention, edges, "b h i j, h i j d -> b h i d"))
+                  + einsum(q, edges.expand(-1, n, n, -1), "b h i d, h i j d -> b h i j")) * self.scale
+        return scores.softmax(dim=-1)
+
+    def forward(self, nodes: Tensor, edges: Tensor) -> Tensor:
+        """nodes (b, n, width), projected edges (h, n|1, n|1, d) -> (b, n, width)."""
+        n = nodes.shape[1]
+        attention = self.dropout(self.attention_weights(nodes, edges))
+        out = (einsum(attention, self._keys_or_values(nodes, 1), "b h i j, b h j d -> b h i d")
+               + einsum(attention, edges.expand(-1, n, n, -1), "b h i j, h i j d -> b h i d"))
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+    def _keys_or_values(self, nodes: Tensor, which: int) -> Tensor:
+        """Per-head keys (which=0) or values (which=1): one half of the fused key-value projection."""
+        return self._heads(F.linear(nodes, self.to_kv.weight.chunk(2)[which], self.to_kv.bias.chunk(2)[which]))
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return rearrange(x, "b n (h d) -> b h n d", h=self.num_heads)
 
 
 class FeedForward(nn.Module):
@@ -82,13 +92,13 @@ class GraphTransformerLayer(nn.Module):
         self.feed_forward = FeedForward(width, ff_dim, dropout)
         self.feed_forward_gate = GatedResidual(width)
 
-    def forward(self, h: Tensor, h0: Tensor, edges: Tensor, location: Tensor | None, mask: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, h0: Tensor, edges: Tensor, location: Tensor | None) -> Tensor:
         """h, h0 (b, n, width); raw edges (n|1, n|1, width); location (n, width) added to the
-        normalised attention input, or None; mask (n, n) or None (fully connected)."""
+        normalised attention input, or None. Every node attends to every node."""
         x = self.attention_norm(h)
         if location is not None:
             x = x + location
-        x = self.attention(x, self.attention.project_edges(edges), mask)
+        x = self.attention(x, self.attention.project_edges(edges))
         h = self.attention_gate(x, h0 if self.global_residual else h)
         x = self.feed_forward(self.feed_forward_norm(h))
         return self.feed_forward_gate(x, h0 if self.global_residual else h)

@@ -14,9 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
+from pydicom.dataset import Dataset
 
 from model.decoder_failures import decoder_failures
-from model.dicom_decoding import DicomInfo, decode_dicom_pixels, is_bare_dicom, read_dicom_header
+from model.dicom_decoding import (
+    DicomInfo,
+    decode_dicom_pixels,
+    dicom_header,
+    parse_bare_dicom,
+    parse_dicom,
+)
 from model.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
 from model.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 
@@ -62,21 +69,23 @@ class DecodedImage:
         return int(self.pixels.shape[0])
 
 
-def sniff_format(data: bytes) -> str:
+def sniff_format(data: bytes) -> tuple[str, Dataset | None]:
     """The format of `data` from its signature: "dicom", "png" or "jpeg" (UnsupportedImageError
-    otherwise). DICOM is the "DICM" magic at offset 128, or, tried last, a bare data set."""
+    otherwise). DICOM is the "DICM" magic at offset 128, or, tried last, a bare data set: telling
+    one takes parsing it, so its parsed data set comes back with the format (None otherwise)."""
     if not data:
         raise UnsupportedImageError("the image file is empty")
     if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC:
-        return "dicom"
+        return "dicom", None
     if data.startswith(PNG_SIGNATURE):
-        return "png"
+        return "png", None
     if data.startswith(JPEG_SIGNATURE):
-        return "jpeg"
-    if is_bare_dicom(data):
-        return "dicom"
-    raise UnsupportedImageError(
-        "the file is not a DICOM, PNG or JPEG image (its first bytes match none of these formats)")
+        return "jpeg", None
+    dataset = parse_bare_dicom(data)
+    if dataset is None:
+        raise UnsupportedImageError("the file is not a DICOM, PNG or JPEG image "
+                                    "(its first bytes match none of these formats)")
+    return "dicom", dataset
 
 
 def decode_image(
@@ -84,9 +93,9 @@ def decode_image(
 ) -> DecodedImage:
     """Decode file bytes (or the file at a path) into a grey float32 image in [0, 1]."""
     data = _read_within_limit(data, limits.max_bytes)
-    source_format = sniff_format(data)
+    source_format, dataset = sniff_format(data)
     if source_format == "dicom":
-        image = _decode_dicom(data, limits)
+        image = _decode_dicom(parse_dicom(data) if dataset is None else dataset, limits)
     else:
         image = _decode_raster(data, source_format, limits)
     logger.debug("image decoded", extra={
@@ -128,10 +137,11 @@ def _check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
             f"{limits.max_pixels} pixels")
 
 
-def _decode_dicom(data: bytes, limits: ImageLimits) -> DecodedImage:
-    header = read_dicom_header(data)
+def _decode_dicom(dataset: Dataset, limits: ImageLimits) -> DecodedImage:
+    """The image of a parsed DICOM data set, its size checked against `limits` before decoding."""
+    header = dicom_header(dataset)
     _check_dimensions(header.columns, header.rows, limits)
-    pixels, bit_depth = decode_dicom_pixels(data)
+    pixels, bit_depth = decode_dicom_pixels(dataset)
     return DecodedImage(_unit_interval(pixels), "dicom", bit_depth, header.info)
 
 

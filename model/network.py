@@ -38,8 +38,10 @@ class CheXtriev(nn.Module):
             self.edges = None if edges is None else nn.Parameter(edges)
         else:  # the research code's bug, kept for comparisons: a fixed random buffer, saved with the weights
             self.register_buffer("edges", edges)
-        mask = torch.tensor(anatomical_adjacency()) if config.edge_mode == "binary" else None
-        self.register_buffer("adjacency", mask, persistent=False)
+        # V1: 1 where two regions are adjacent, 0 where not; picks each pair's edge vector. Derived from
+        # the catalogue, so not saved with the weights.
+        adjacency = torch.tensor(anatomical_adjacency(), dtype=torch.long) if config.edge_mode == "binary" else None
+        self.register_buffer("adjacency", adjacency, persistent=False)
         self.layers = nn.ModuleList(
             GraphTransformerLayer(width, config.num_heads, config.head_dim, config.ff_dim, config.dropout,
                                   global_residual=config.residual == "global")
@@ -50,9 +52,10 @@ class CheXtriev(nn.Module):
         """Run the network; the features are cast to the network's dtype (cached features may be fp16)."""
         self._check_input(region_features)
         h0 = self.projection(region_features.to(self.projection[0].weight.dtype))
+        edges = self.edges if self.adjacency is None else self.edges[self.adjacency]
         h, level_sum = h0, h0
         for layer in self.layers:
-            h = layer(h, h0, self.edges, self.location, self.adjacency)
+            h = layer(h, h0, edges, self.location)
             level_sum = level_sum + h
         retrieved = level_sum if self.config.retrieval == "multilevel" else h
         embedding = F.normalize(reduce(retrieved, "b n d -> b d", "mean"), dim=-1)
@@ -71,11 +74,13 @@ class CheXtriev(nn.Module):
 
 
 def _initial_edges(config: ModelConfig) -> Tensor | None:
-    """Raw edge vectors: (n, n, width) per ordered pair, (1, 1, width) when one vector is shared,
-    None without a graph. Initialised as the research code did: per-pair tensor Xavier-uniform,
-    shared vector N(0, 1) (its nn.Embedding)."""
+    """Raw edge vectors: (n, n, width) per ordered pair, (2, width) for V1's non-adjacent and adjacent
+    pairs, (1, 1, width) when one vector is shared, None without a graph. Initialised as the research
+    code did: per-pair tensor Xavier-uniform, the others N(0, 1) (its nn.Embedding)."""
     if config.edge_mode == "none":
         return None
     if config.edge_mode == "per_pair":
         return nn.init.xavier_uniform_(torch.empty(config.num_regions, config.num_regions, config.width))
+    if config.edge_mode == "binary":
+        return torch.randn(2, config.width)
     return torch.randn(1, 1, config.width)

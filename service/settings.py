@@ -1,19 +1,41 @@
-"""Service settings, read from `CHEXTRIEV_*` environment variables."""
+"""Service settings, read once from `CHEXTRIEV_*` environment variables and checked as they are read."""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.errors import ChextrievError
+from model.precision import DTYPES, check_device_name
 from model.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "CHEXTRIEV_"
+# CHEXTRIEV_* variables that other parts of the project read, not the service settings.
+OTHER_VARIABLES = frozenset({
+    "CHEXTRIEV_VENV",  # scripts/bootstrap.sh
+    "CHEXTRIEV_SHARED_DATA", "CHEXTRIEV_TEST_POSTGRES_URL",  # the test suite
+    "CHEXTRIEV_DATABASE_WAIT_SECONDS",  # docker/common.sh
+    "CHEXTRIEV_DATABASE_URL_FILE", "CHEXTRIEV_ADMIN_TOKEN_FILE", "CHEXTRIEV_PATIENT_SALT_FILE",  # secrets
+    "CHEXTRIEV_RUN", "CHEXTRIEV_RUNS_DIR", "CHEXTRIEV_CHECKPOINTS_DIR", "CHEXTRIEV_TRAIN_OPTIONS",
+    "CHEXTRIEV_INDEX_OPTIONS", "CHEXTRIEV_GALLERY_SPLIT",  # docker/entrypoint-trainer.sh
+})
+
+
+class SettingsError(ChextrievError):
+    """A CHEXTRIEV_* variable holds a value the service cannot use; the message names each one."""
 
 
 class Settings(BaseSettings):
     """Every setting of the service; `CHEXTRIEV_<FIELD>` in the environment overrides a default."""
 
-    model_config = SettingsConfigDict(env_prefix="CHEXTRIEV_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     database_url: str = "sqlite:///./var/chextriev.db"
     index_store: str = "./var/index"
@@ -32,8 +54,42 @@ class Settings(BaseSettings):
     active_version: str | None = None
     thumbnail_max_side: int = 256
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        try:
+            return check_device_name(value)
+        except ChextrievError as error:
+            raise ValueError(str(error)) from None
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"unknown dtype {value!r}; expected one of {', '.join(DTYPES)}")
+        return value
+
+
+def read_settings() -> Settings:
+    """The settings from the environment; a SettingsError names every variable with an unusable value,
+    and a warning names every CHEXTRIEV_* variable that nothing reads (a misspelt name is ignored)."""
+    for name in unknown_variables(os.environ):
+        logger.warning("unknown setting ignored: check its spelling", extra={"variable": name})
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(f"{ENV_PREFIX}{'_'.join(map(str, problem['loc'])).upper()}: {problem['msg']}"
+                             for problem in error.errors())
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The CHEXTRIEV_* names in `environ` that are neither settings nor read elsewhere in the project."""
+    known = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields} | OTHER_VARIABLES
+    return sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process, read from the environment once."""
-    return Settings()
+    """The settings of this process, read from the environment once (see read_settings)."""
+    return read_settings()

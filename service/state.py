@@ -12,14 +12,15 @@ import threading
 import time
 from pathlib import Path
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from index_store.active import ActiveIndex
 from index_store.errors import SnapshotError, SnapshotNotFoundError
 from index_store.store import list_snapshots
+from model.devices import select_device
 from model.embedder import Embedder
 from model.errors import ChextrievError
+from model.precision import dtype_named
 from model.saliency import OcclusionResult
 from service.db.session import make_engine, make_session_factory
 from service.metrics import IndexReading, ServiceMetrics
@@ -30,7 +31,6 @@ from service.snapshot_records import record_outcome
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STARTUP_ACTOR = "startup"
 # Occlusion embeddings computed for saliency, kept per (model, case) like the queries that asked.
 OCCLUSION_CACHE_SIZE = 32
@@ -82,7 +82,7 @@ class ServiceState:
                 if self.index is None:
                     self.index = ActiveIndex(Path(self.settings.index_store),
                                              expected_fingerprint=self.embedder.fingerprint,
-                                             device=_index_device(self.settings.device))
+                                             device=self.embedder.device.type)
                 if self.index.manifest is None:
                     self._activate_startup_version()
             except Exception as error:  # noqa: BLE001 - any failure is reported by /readyz, not raised
@@ -119,13 +119,8 @@ class ServiceState:
 
 
 def _load_embedder(settings: Settings) -> Embedder:
-    if settings.dtype not in DTYPES:
-        raise ChextrievError(f"unknown dtype {settings.dtype!r}; use one of {sorted(DTYPES)}")
-    return Embedder.from_checkpoint(settings.checkpoint, device=settings.device, dtype=DTYPES[settings.dtype])
-
-
-def _index_device(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
+    return Embedder.from_checkpoint(settings.checkpoint, device=select_device(settings.device),
+                                    dtype=dtype_named(settings.dtype))
 
 
 def _newest_compatible(store: Path, fingerprint: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model.sample_gallery import load_sample_cases
+from trainer.demo.samples import load_sample_cases
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CHEXTRIEV_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

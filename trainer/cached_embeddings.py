@@ -1,6 +1,8 @@
 """Retrieval embeddings computed from a feature cache: CheXtriev (a trained network) and the
-paper's two parameter-free baselines, global CNN and V0 (REFERENCE_NOTES "Baselines"); and the
-patient group of each cache row, for same-patient exclusion."""
+paper's two parameter-free baselines, the global CNN and the region mean (REFERENCE_NOTES
+"Baselines": the paper calls the region mean V0; here "V0" names only the trained zero-layer
+variant, `chextriev train --variant V0`); and the patient group of each cache row, for same-patient
+exclusion."""
 
 from __future__ import annotations
 
@@ -10,23 +12,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from model.baselines import global_cnn_embeddings, region_mean_embeddings
 from model.checkpoint import CheckpointInfo, load_checkpoint
+from model.devices import select_device
 from model.errors import CheckpointError
-from model.feature_cache import FeatureCache
 from model.network import CheXtriev
 from model.patient_keys import patient_group
+from trainer.evaluation.baselines import global_cnn_embeddings, region_mean_embeddings
+from trainer.feature_cache import FeatureCache
 
 CHEXTRIEV = "CheXtriev"
 GLOBAL_CNN = "global CNN"
-V0 = "V0"
-BASELINES: tuple[str, ...] = (GLOBAL_CNN, V0)
+REGION_MEAN = "region mean"
+BASELINES: tuple[str, ...] = (GLOBAL_CNN, REGION_MEAN)
 BATCH_SIZE = 256
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" means CUDA when present, else the CPU; anything else is taken as a torch device name."""
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
 def load_network_for(cache: FeatureCache, checkpoint_dir: str | os.PathLike) -> tuple[CheXtriev, CheckpointInfo]:
@@ -46,10 +44,10 @@ def patient_groups(cache: FeatureCache, rows: np.ndarray) -> list[str]:
 
 
 def baseline_embeddings(cache: FeatureCache, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Global CNN and V0 embeddings (float32, L2-normalised) of the cache rows `rows`."""
+    """Global CNN and region-mean embeddings (float32, L2-normalised) of the cache rows `rows`."""
     return {
         GLOBAL_CNN: _in_batches(cache.whole_image_features, rows, global_cnn_embeddings, torch.device("cpu")),
-        V0: _in_batches(cache.region_features, rows, region_mean_embeddings, torch.device("cpu")),
+        REGION_MEAN: _in_batches(cache.region_features, rows, region_mean_embeddings, torch.device("cpu")),
     }
 
 
@@ -57,7 +55,7 @@ def baseline_embeddings(cache: FeatureCache, rows: np.ndarray) -> dict[str, np.n
 def network_embeddings(network: CheXtriev, cache: FeatureCache, rows: np.ndarray, *,
                        device: str = "auto") -> np.ndarray:
     """CheXtriev retrieval embeddings (float32, L2-normalised) of the cache rows `rows`."""
-    target = resolve_device(device)
+    target = select_device(device)
     network = network.to(target).eval()
     return _in_batches(cache.region_features, rows, lambda features: network(features).embedding, target)
 

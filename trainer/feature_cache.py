@@ -8,17 +8,23 @@ A cache is a directory holding
 - `done.npy` (N,) bool: rows finished;
 - `skipped.npy` (N,) bool: rows whose image could not be used, kept only with skip_bad_images. Their
   features are zeros; `FeatureCache.usable` and `FeatureCache.indices(split)` leave them out, so
-  training and evaluation, which select rows through them, never see them.
+  training and evaluation, which select rows through them, never see them;
+- `region_labels.npy` (N, 18, C) bool, optional: the labels positive in each region (catalogue
+  order), present only when the dataset has region labels (Chest ImaGenome, not a manifest) and
+  listed in the manifest as `"region_labels": "region_labels.npy"`; `FeatureCache.region_labels` is
+  None without it. They are not part of the dataset fingerprint: a run on a cache without them (one
+  made before they were kept) adds them, and a run refuses a cache holding other ones.
 
 Writing is crash-safe and resumable. The arrays are preallocated and opened as memmaps; after
 each batch the features (and skipped flags) are flushed before the batch's done flags, and the
-manifest, written atomically after every file exists, is the commit point of the cache's creation.
+manifest, written atomically after every file exists, is the commit point of the cache's creation;
+the region labels are written next (file first, then the manifest that lists them, both atomically).
 A killed run restarted with the same dataset and backbone recomputes only rows not done, in the
 same batches, so the result is byte-identical to an uninterrupted run; a cache made with another
 dataset, backbone, compute dtype or preprocessing refuses to be resumed.
 
 Several processes (torchrun, one per GPU, on one or more nodes) need no code change and no
-torch.distributed: each reads its RANK and WORLD_SIZE (model.launch) and takes the rows
+torch.distributed: each reads its RANK and WORLD_SIZE (trainer.launch) and takes the rows
 i % world_size == rank. Rank 0 creates the files; the others wait for the manifest, then all write
 their own rows into the same memmaps, so the directory must be on a filesystem every process sees.
 Processes on one node share the page cache, so this is always safe there. Across nodes the
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -50,12 +57,12 @@ from tqdm import tqdm
 
 from model.catalogue import NUM_REGIONS
 from model.checkpoint import BackboneRecord
-from model.datasets.records import Dataset, ImageRecord
 from model.errors import ChextrievError
 from model.feature_extractor import FeatureExtractor
 from model.fileio import atomic_write_bytes
 from model.preprocessing import preprocessing_config
-from model.record_images import LoadedImage, image_batches
+from trainer.datasets.records import Dataset, ImageRecord
+from trainer.record_images import LoadedImage, image_batches
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +73,9 @@ REGION_FILE = "region_features.npy"
 WHOLE_FILE = "whole_image_features.npy"
 DONE_FILE = "done.npy"
 SKIPPED_FILE = "skipped.npy"
-CACHE_FILES = (MANIFEST_FILE, RECORDS_FILE, REGION_FILE, WHOLE_FILE, DONE_FILE, SKIPPED_FILE)
+REGION_LABELS_FILE = "region_labels.npy"
+REGION_LABELS_KEY = "region_labels"  # manifest key listing REGION_LABELS_FILE, when the cache has it
+CACHE_FILES = (MANIFEST_FILE, RECORDS_FILE, REGION_FILE, WHOLE_FILE, DONE_FILE, SKIPPED_FILE, REGION_LABELS_FILE)
 SPLITS = ("train", "val", "test")
 FEATURE_DTYPE = np.float16
 MANIFEST_POLL_S = 0.5
@@ -94,6 +103,7 @@ class FeatureCache:
     whole_image_features: np.ndarray  # (N, F) float16
     done: np.ndarray  # (N,) bool
     skipped: np.ndarray  # (N,) bool
+    region_labels: np.ndarray | None = None  # (N, 18, C) bool, or None when the cache holds none
 
     @classmethod
     def open(cls, directory: str | os.PathLike, *, allow_incomplete: bool = False) -> FeatureCache:
@@ -114,6 +124,7 @@ class FeatureCache:
             raise FeatureCacheError(f"{directory / MANIFEST_FILE}: incomplete manifest ({error!r})") from None
         records = _read_records(directory, count)
         arrays = _open_arrays(directory, count, feature_dim, "r")
+        region_labels = _open_region_labels(directory, manifest, count, len(label_names))
         done, skipped = np.array(arrays[DONE_FILE]), np.array(arrays[SKIPPED_FILE])
         missing = int(count - done.sum())
         if missing and not allow_incomplete:
@@ -128,7 +139,7 @@ class FeatureCache:
             splits=np.array([r["split"] for r in records], dtype=str),
             labels=_label_matrix(records, label_names, directory),
             region_features=arrays[REGION_FILE], whole_image_features=arrays[WHOLE_FILE],
-            done=done, skipped=skipped,
+            done=done, skipped=skipped, region_labels=region_labels,
         )
 
     @property
@@ -158,7 +169,7 @@ class FeatureCache:
                 "done": int(self.done.sum()), "skipped": int(self.skipped.sum()),
                 "splits": {split: int(len(self.indices(split))) for split in SPLITS},
                 "feature_dim": self.feature_dim, "backbone": self.backbone.name,
-                "compute_dtype": self.compute_dtype}
+                "compute_dtype": self.compute_dtype, "region_labels": self.region_labels is not None}
 
 
 def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
@@ -181,7 +192,7 @@ def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str
                                 f"log_every={log_every}, rank={rank}, world_size={world_size}")
     directory = Path(out_dir)
     expected = _run_manifest(dataset, extractor)
-    _prepare(directory, expected, dataset.records, rank, wait_timeout_s)
+    _prepare(directory, expected, dataset, rank, wait_timeout_s)
     arrays = _open_arrays(directory, expected["count"], expected["feature_dim"], "r+")
     mine = np.arange(rank, expected["count"], world_size)
     pending = mine[~np.asarray(arrays[DONE_FILE])[mine]].tolist()
@@ -214,7 +225,7 @@ def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str
 def dataset_fingerprint(dataset: Dataset) -> str:
     """SHA-256 over what decides a dataset's cache rows: name, labels, regions source and, per record,
     case id, patient id, split, labels, image file name and anatomy (file paths by name only, so a
-    moved data folder keeps its fingerprint)."""
+    moved data folder keeps its fingerprint). Region labels are left out (see the module docstring)."""
     digest = hashlib.sha256(_canonical([dataset.name, list(dataset.label_names), dataset.regions_source]))
     for record in dataset.records:
         digest.update(_canonical([record.case_id, record.patient_id, record.split, list(record.labels),
@@ -239,12 +250,12 @@ def _run_manifest(dataset: Dataset, extractor: FeatureExtractor) -> dict:
     }
 
 
-def _prepare(directory: Path, expected: dict, records: Sequence[ImageRecord], rank: int,
-             wait_timeout_s: float) -> None:
-    """Create the cache (rank 0, when it does not exist) or wait for it, then check it is this run's."""
+def _prepare(directory: Path, expected: dict, dataset: Dataset, rank: int, wait_timeout_s: float) -> None:
+    """Create the cache (rank 0, when it does not exist) or wait for it, then check it is this run's;
+    rank 0 then adds the dataset's region labels when the cache lacks them."""
     manifest_path = directory / MANIFEST_FILE
     if rank == 0 and not manifest_path.exists():
-        _create(directory, expected, records)
+        _create(directory, expected, dataset.records)
     else:
         deadline = time.monotonic() + wait_timeout_s
         while not manifest_path.exists():
@@ -256,9 +267,28 @@ def _prepare(directory: Path, expected: dict, records: Sequence[ImageRecord], ra
     differences = [f"{key}: cache has {_short(existing.get(key))}, this run {_short(value)}"
                    for key, value in expected.items() if existing.get(key) != value]
     if differences:
-        raise FeatureCacheError(f"{directory} holds a feature cache of another run and cannot be resumed "
-                                f"by this one ({'; '.join(differences)}); use another output directory "
-                                "or delete it")
+        raise _another_run(directory, "; ".join(differences))
+    if rank == 0:
+        _keep_region_labels(directory, existing, dataset)
+
+
+def _another_run(directory: Path, differences: str) -> FeatureCacheError:
+    return FeatureCacheError(f"{directory} holds a feature cache of another run and cannot be resumed by this "
+                             f"one ({differences}); use another output directory or delete it")
+
+
+def _keep_region_labels(directory: Path, manifest: dict, dataset: Dataset) -> None:
+    """Write the dataset's region labels into a cache that lacks them; refuse one holding other ones."""
+    stored = _open_region_labels(directory, manifest, manifest["count"], len(manifest["label_names"]))
+    wanted = dataset.region_label_matrix()
+    if stored is None and wanted is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, wanted)
+        atomic_write_bytes(directory / REGION_LABELS_FILE, buffer.getvalue())
+        _write_manifest(directory, {**manifest, REGION_LABELS_KEY: REGION_LABELS_FILE})
+        logger.info("region labels written", extra={"directory": str(directory), "shape": list(wanted.shape)})
+    elif stored is not None and (wanted is None or not np.array_equal(stored, wanted)):
+        raise _another_run(directory, "region labels: the cache holds other ones than this run's dataset")
 
 
 def _create(directory: Path, manifest: dict, records: Sequence[ImageRecord]) -> None:
@@ -279,7 +309,7 @@ def _create(directory: Path, manifest: dict, records: Sequence[ImageRecord]) -> 
         with open(directory / name, "rb+") as handle:
             os.fsync(handle.fileno())
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_bytes(directory / MANIFEST_FILE, json.dumps({**manifest, "created": created}, indent=2).encode())
+    _write_manifest(directory, {**manifest, "created": created})
     logger.info("feature cache created", extra={"directory": str(directory), "count": manifest["count"],
                                                 "feature_dim": manifest["feature_dim"]})
 
@@ -293,17 +323,31 @@ def _array_layout(count: int, feature_dim: int) -> list[tuple[str, tuple[int, ..
 
 def _open_arrays(directory: Path, count: int, feature_dim: int, mode: str) -> dict[str, np.memmap]:
     """The cache's arrays as memmaps (mode "r" or "r+"), each checked against the expected layout."""
-    arrays = {}
-    for name, shape, dtype in _array_layout(count, feature_dim):
-        try:
-            array = open_memmap(directory / name, mode=mode)
-        except (OSError, ValueError) as error:
-            raise FeatureCacheError(f"feature cache {directory}: {name} cannot be opened ({error})") from None
-        if array.shape != shape or array.dtype != dtype:
-            raise FeatureCacheError(f"feature cache {directory}: {name} is {array.dtype} {array.shape}, "
-                                    f"expected {np.dtype(dtype)} {shape}")
-        arrays[name] = array
-    return arrays
+    return {name: _open_array(directory, name, shape, dtype, mode)
+            for name, shape, dtype in _array_layout(count, feature_dim)}
+
+
+def _open_region_labels(directory: Path, manifest: dict, count: int, label_count: int) -> np.memmap | None:
+    """The region labels as a read-only memmap, or None when the manifest lists none."""
+    if REGION_LABELS_KEY not in manifest:
+        return None
+    return _open_array(directory, REGION_LABELS_FILE, (count, NUM_REGIONS, label_count), np.bool_, "r")
+
+
+def _open_array(directory: Path, name: str, shape: tuple[int, ...], dtype: type, mode: str) -> np.memmap:
+    """One array of the cache as a memmap, checked against its expected shape and dtype."""
+    try:
+        array = open_memmap(directory / name, mode=mode)
+    except (OSError, ValueError) as error:
+        raise FeatureCacheError(f"feature cache {directory}: {name} cannot be opened ({error})") from None
+    if array.shape != shape or array.dtype != dtype:
+        raise FeatureCacheError(f"feature cache {directory}: {name} is {array.dtype} {array.shape}, "
+                                f"expected {np.dtype(dtype)} {shape}")
+    return array
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    atomic_write_bytes(directory / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
 
 
 def _read_manifest(directory: Path) -> dict:

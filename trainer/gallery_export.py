@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model.cached_embeddings import load_network_for, network_embeddings, patient_groups
 from model.errors import ChextrievError
-from model.feature_cache import FeatureCache
 from model.fileio import atomic_write_bytes
 from model.patient_keys import PatientKeyError, patient_group_keys
+from trainer.cached_embeddings import load_network_for, network_embeddings, patient_groups
+from trainer.feature_cache import FeatureCache
 
 logger = logging.getLogger(__name__)
 

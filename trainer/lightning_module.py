@@ -1,15 +1,16 @@
 """PyTorch Lightning pieces of the trainer: the cached-feature data module, the module that trains a
 CheXtriev network on it, and the callback that records each epoch and keeps the best weights.
 
-The frozen backbone is not here: its region features were computed once and cached (model.feature_cache),
+The frozen backbone is not here: its region features were computed once and cached (trainer.feature_cache),
 so only the projection, the graph transformer and the classifier are trained.
 
 Losses: binary cross-entropy per finding on the image logits. For node supervision (V4) the node
-logits get binary cross-entropy too, against the image labels broadcast to all 18 regions: the cache
-holds image labels only (see model.training). The validation loss is the same loss averaged over
-every validation image exactly once, also under DDP, where each rank's predictions are gathered and
-the DistributedSampler's padding duplicates dropped; every rank therefore sees the same validation
-loss and AUC and takes the same early-stopping and scheduling decisions.
+logits get binary cross-entropy too, against node labels (B, 18, C): the cache's region labels, or
+the image labels broadcast to all 18 regions when it has none (trainer.training decides). The
+validation loss is the same loss averaged over every validation image exactly once, also under DDP,
+where each rank's predictions are gathered and the DistributedSampler's padding duplicates dropped;
+every rank therefore sees the same validation loss and AUC and takes the same early-stopping and
+scheduling decisions.
 """
 
 from __future__ import annotations
@@ -26,42 +27,46 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from model.classification_metrics import macro_roc_auc
 from model.network import CheXtriev, NetworkOutput
+from trainer.evaluation.classification_metrics import macro_roc_auc
 
 logger = logging.getLogger(__name__)
 
-Batch = tuple[Tensor, Tensor, Tensor]  # fp16 region features (B, 18, F), float labels (B, C), cache rows (B,)
+# fp16 region features (B, 18, F), float labels (B, C), float node labels (B, 18, C), cache rows (B,)
+Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class CachedRegionFeatures(Dataset):
-    """Rows of a feature cache: (fp16 region features (18, F), float32 labels (C,), row index).
+    """Rows of a feature cache: (fp16 region features (18, F), float32 labels (C,), float32 node
+    labels (18, C), row index).
 
     Features stay fp16 as stored; the module casts each batch to float32.
     """
 
-    def __init__(self, region_features: np.ndarray, labels: np.ndarray, rows: np.ndarray):
+    def __init__(self, region_features: np.ndarray, labels: np.ndarray, node_labels: np.ndarray, rows: np.ndarray):
         self.region_features = region_features
         self.labels = np.asarray(labels, dtype=np.float32)
+        self.node_labels = node_labels
         self.rows = np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int) -> tuple[Tensor, Tensor, int]:
+    def __getitem__(self, item: int) -> tuple[Tensor, Tensor, Tensor, int]:
         row = int(self.rows[item])
-        return torch.from_numpy(np.array(self.region_features[row])), torch.from_numpy(self.labels[row]), row
+        return (torch.from_numpy(np.array(self.region_features[row])), torch.from_numpy(self.labels[row]),
+                torch.from_numpy(np.array(self.node_labels[row], dtype=np.float32)), row)
 
 
 class CachedFeatureDataModule(L.LightningDataModule):
     """Train and validation loaders over the given cache rows; the train loader reshuffles every epoch
     (from the global seed; under DDP Lightning swaps in a seeded DistributedSampler)."""
 
-    def __init__(self, region_features: np.ndarray, labels: np.ndarray, train_rows: np.ndarray,
-                 val_rows: np.ndarray, batch_size: int):
+    def __init__(self, region_features: np.ndarray, labels: np.ndarray, node_labels: np.ndarray,
+                 train_rows: np.ndarray, val_rows: np.ndarray, batch_size: int):
         super().__init__()
-        self.train_set = CachedRegionFeatures(region_features, labels, train_rows)
-        self.val_set = CachedRegionFeatures(region_features, labels, val_rows)
+        self.train_set = CachedRegionFeatures(region_features, labels, node_labels, train_rows)
+        self.val_set = CachedRegionFeatures(region_features, labels, node_labels, val_rows)
         self.batch_size = batch_size
 
     def train_dataloader(self) -> DataLoader:
@@ -95,8 +100,8 @@ class CheXtrievModule(L.LightningModule):
         return self.network(region_features.float())
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        features, labels, _ = batch
-        loss = per_image_loss(self(features), labels).mean()
+        features, labels, node_labels, _ = batch
+        loss = per_image_loss(self(features), labels, node_labels).mean()
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(labels))
         return loss
@@ -105,9 +110,10 @@ class CheXtrievModule(L.LightningModule):
         self._validation_parts = []
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        features, labels, rows = batch
+        features, labels, node_labels, rows = batch
         output = self(features)
-        self._validation_parts.append((per_image_loss(output, labels).float(), output.logits.float(), labels, rows))
+        self._validation_parts.append((per_image_loss(output, labels, node_labels).float(), output.logits.float(),
+                                       labels, rows))
 
     def on_validation_epoch_end(self) -> None:
         losses, logits, labels, rows = (self._gathered(torch.cat(part)) for part in zip(*self._validation_parts))
@@ -133,14 +139,13 @@ class CheXtrievModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"}}
 
 
-def per_image_loss(output: NetworkOutput, labels: Tensor) -> Tensor:
+def per_image_loss(output: NetworkOutput, labels: Tensor, node_labels: Tensor) -> Tensor:
     """(B,) binary cross-entropy averaged over findings; plus, with node logits, the node-level
-    cross-entropy against the image labels broadcast to every region, averaged over regions and findings."""
-    labels = labels.to(output.logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(output.logits, labels, reduction="none").mean(dim=1)
+    cross-entropy against `node_labels` (B, 18, C), averaged over regions and findings."""
+    loss = F.binary_cross_entropy_with_logits(output.logits, labels.to(output.logits.dtype),
+                                              reduction="none").mean(dim=1)
     if output.node_logits is not None:
-        node_labels = labels[:, None, :].expand_as(output.node_logits)
-        loss = loss + F.binary_cross_entropy_with_logits(output.node_logits, node_labels,
+        loss = loss + F.binary_cross_entropy_with_logits(output.node_logits, node_labels.to(output.node_logits.dtype),
                                                          reduction="none").mean(dim=(1, 2))
     return loss
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from model.datasets.records import ImageRecord
 from model.errors import ChextrievError
 from model.imaging import decode_image
+from trainer.datasets.records import ImageRecord
 
 
 @dataclass(frozen=True)

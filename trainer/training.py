@@ -1,30 +1,40 @@
 """Offline training of a CheXtriev network on cached backbone features, with the paper's defaults.
 
 The backbone is frozen and takes no part in training: its region features were computed once by
-model.feature_cache, so training learns only the projection, the graph transformer and the classifier,
+trainer.feature_cache, so training learns only the projection, the graph transformer and the classifier,
 and the checkpoint records (by name and fingerprint) the backbone that the features came from.
 
 Defaults (paper, REFERENCE_NOTES "Optimisation"): Adam lr 1e-4 without weight decay, ReduceLROnPlateau
 (factor 0.1) on the validation loss, gradient clipping at norm 0.5, batches of 16 with gradients
-accumulated over 8, at most 30 epochs, early stopping on the validation loss after 4 evaluations
+accumulated over 16, at most 30 epochs, early stopping on the validation loss after 4 evaluations
 without improvement; the weights saved are those of the epoch with the best validation macro ROC-AUC
 (over the findings that have positives and negatives in the validation split; when none has, the
 epoch with the lowest validation loss, and the result says so). No positive-class weighting: the paper
 has none.
 
 Decisions worth knowing
-- The paper does not give the scheduler's patience; `lr_patience` keeps PyTorch's default (10).
-  With early stopping after 4 evaluations without improvement, the learning rate is then practically
-  never reduced in a default run; set `lr_patience` below `patience` to make the schedule act.
-- Node supervision (V4): the cache holds image labels only, so each region's node logits are
-  trained against the image's labels broadcast to all 18 regions. The paper's V4 used region labels
-  from Chest ImaGenome; this broadcast target is weaker (it tells a region what its image shows,
-  not what the region shows) and is recorded in the checkpoint metadata.
+- Effective batch: 16 x 16 = 256 images per optimiser step on one device, the paper's 256
+  (16 x accumulate 8 x 2 GPUs). Accumulating is exact, not an approximation: no layer of the network
+  mixes the images of a batch (no BatchNorm), so the accumulated gradient is that of one batch of 256
+  up to float rounding (an epoch's last step takes what is left). On N devices the effective batch
+  is 16 x accumulate x N: pass 8 on two.
+- The paper does not give the scheduler's patience. ReduceLROnPlateau lowers the rate at the
+  (lr_patience + 1)-th evaluation in a row without improvement and early stopping ends the run at the
+  patience-th, so the schedule can only act when lr_patience < patience - 1. The default lr_patience 2
+  (early stopping's patience is 4) lowers the rate after 3 evaluations without improvement and gives
+  the lower rate one more evaluation before stopping; `train` warns when a configuration leaves the
+  schedule no chance.
+- Node supervision (V4): the node logits are trained against the cache's region labels (Chest
+  ImaGenome: which findings each region shows, as in the paper). A cache without them (a manifest
+  dataset, or a cache made before they were kept; `chextriev features` run again adds them) has image
+  labels only: each region is then trained against its image's labels broadcast to all 18 regions,
+  a weaker target (it tells a region what its image shows, not what the region shows), and a warning
+  says so. The targets used are in TrainingResult.node_supervision_targets and the checkpoint metadata.
 - Seeded with lightning.seed_everything and deterministic algorithms where PyTorch has them
   (a warning, not an error, for those it lacks): two CPU runs with the same seed write identical weights.
 - DDP (also several nodes) through Lightning, launched by Lightning itself or by torchrun without any
   change; each rank sees 1/world_size of the training batches per epoch (so the effective batch is
-  batch_size x accumulate_grad_batches x world_size, as in the paper's 16 x 8 x GPUs). Only rank 0
+  batch_size x accumulate_grad_batches x world_size, as in the paper's 16 x 8 x 2 GPUs). Only rank 0
   writes the checkpoint. Everything Lightning writes stays under `out_dir`.
 """
 
@@ -49,18 +59,20 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
 from model.checkpoint import save_checkpoint
-from model.classification_metrics import evaluable_classes
 from model.config import ModelConfig
 from model.errors import ChextrievError
-from model.feature_cache import FeatureCache
 from model.fileio import fsync_directory
-from model.lightning_module import CachedFeatureDataModule, CheXtrievModule, EpochRecord, EpochRecorder
 from model.network import CheXtriev
+from trainer.evaluation.classification_metrics import evaluable_classes
+from trainer.feature_cache import FeatureCache
+from trainer.lightning_module import CachedFeatureDataModule, CheXtrievModule, EpochRecord, EpochRecorder
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIRNAME = "checkpoint"
-NODE_TARGETS_NOTE = "image labels broadcast to all 18 regions (the feature cache holds no region labels)"
+# What the node logits of node supervision (V4) are trained against.
+REGION_NODE_TARGETS = "region labels: the findings each region shows, from the feature cache"
+IMAGE_NODE_TARGETS = "image labels broadcast to all 18 regions (the feature cache holds no region labels)"
 
 
 class TrainingError(ChextrievError):
@@ -73,12 +85,12 @@ class TrainingConfig:
 
     lr: float = 1e-4
     batch_size: int = 16
-    accumulate_grad_batches: int = 8
+    accumulate_grad_batches: int = 16
     max_epochs: int = 30
     patience: int = 4
     gradient_clip: float = 0.5
     lr_factor: float = 0.1
-    lr_patience: int = 10
+    lr_patience: int = 2
     seed: int = 0
     accelerator: str = "auto"
     devices: int | str = "auto"
@@ -111,7 +123,9 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class TrainingResult:
     """What a training run produced; `best_val_auc` is None when the model was selected on the
-    validation loss (`selected_on`), because no finding had both positives and negatives in val."""
+    validation loss (`selected_on`), because no finding had both positives and negatives in val;
+    `node_supervision_targets` says what the node logits were trained against (REGION_NODE_TARGETS or
+    IMAGE_NODE_TARGETS; None without node supervision)."""
 
     checkpoint_dir: Path
     best_val_auc: float | None
@@ -123,6 +137,7 @@ class TrainingResult:
     parameters: int
     world_size: int
     global_rank: int
+    node_supervision_targets: str | None
 
 
 def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConfig,
@@ -143,10 +158,15 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
     if not auc_classes:
         logger.warning("no finding has both positives and negatives in the validation split: "
                        "selecting the epoch with the lowest validation loss", extra={"val_images": len(val_rows)})
+    if training.lr_patience >= training.patience - 1:
+        logger.warning("the learning rate cannot drop before early stopping ends the run: lr_patience must be "
+                       "below patience - 1", extra={"lr_patience": training.lr_patience, "patience": training.patience})
+    node_labels, node_targets = _node_supervision(cache, model_config)
 
     L.seed_everything(training.seed, workers=True, verbose=False)
     network = CheXtriev(model_config)
-    data = CachedFeatureDataModule(cache.region_features, cache.labels, train_rows, val_rows, training.batch_size)
+    data = CachedFeatureDataModule(cache.region_features, cache.labels, node_labels, train_rows, val_rows,
+                                   training.batch_size)
     trainer, recorder = _fit(network, data, model_config, training, out_dir, select_on)
     if recorder.best_epoch is None:
         raise TrainingError("no epoch reached a finite validation score (training diverged); "
@@ -164,6 +184,7 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
         parameters=sum(parameter.numel() for parameter in network.parameters()),
         world_size=trainer.world_size,
         global_rank=trainer.global_rank,
+        node_supervision_targets=node_targets,
     )
     if trainer.is_global_zero:
         network.load_state_dict(recorder.best_state)
@@ -185,8 +206,8 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
             "backbone_trained": False,
             "history": [vars(record) for record in history],
         }
-        if model_config.node_supervision:
-            metadata["node_supervision_targets"] = NODE_TARGETS_NOTE
+        if node_targets is not None:
+            metadata["node_supervision_targets"] = node_targets
         _write_checkpoint_dir(checkpoint_dir, network, cache, metadata)
         logger.info("checkpoint written", extra={"directory": str(checkpoint_dir), "global_rank": trainer.global_rank})
         logger.info("training finished", extra={
@@ -195,6 +216,21 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
             "parameters": result.parameters})
     trainer.strategy.barrier("checkpoint written")
     return result
+
+
+def _node_supervision(cache: FeatureCache, model_config: ModelConfig) -> tuple[np.ndarray, str | None]:
+    """The node labels (N, 18, C): the cache's region labels, else its image labels broadcast to every
+    region; and, with node supervision, what they are (also logged, as a warning for the broadcast)."""
+    if cache.region_labels is not None:
+        node_labels, targets = cache.region_labels, REGION_NODE_TARGETS
+    else:
+        shape = (cache.count, cache.region_features.shape[1], len(cache.label_names))
+        node_labels, targets = np.broadcast_to(cache.labels[:, None, :], shape), IMAGE_NODE_TARGETS
+    if not model_config.node_supervision:
+        return node_labels, None
+    logger.log(logging.INFO if cache.region_labels is not None else logging.WARNING,
+               f"node supervision targets: {targets}")
+    return node_labels, targets
 
 
 def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelConfig, training: TrainingConfig,

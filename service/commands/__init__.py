@@ -1,5 +1,4 @@
-"""Subcommand modules of `chextriev`; each has `register(subparsers)` setting `handler`."""
+"""The service's subcommands of `chextriev`; each module has `register(subparsers)` setting `handler`.
 
-from service.commands import bench, db, demo, embed, evaluate, features, index, serve, train
-
-COMMAND_MODULES = [demo, serve, index, bench, train, features, evaluate, embed, db]
+They are found through the `chextriev.commands` entry points (see service.cli), not imported here.
+"""

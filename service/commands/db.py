@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.db.migrate import current_revision, downgrade, head_revision, upgrade
 from service.db.session import DatabaseUrlError
-from service.settings import get_settings
+from service.settings import SettingsError, get_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def _report(action: Callable[[str], str | None], args: argparse.Namespace) -> in
     """Run `action(url)` and print the revision it leaves the database at, or why it failed."""
     try:
         revision = action(args.url or get_settings().database_url)
-    except (CommandError, SQLAlchemyError, DatabaseUrlError) as error:
+    except (CommandError, SQLAlchemyError, DatabaseUrlError, SettingsError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
     print(f"revision: {revision or 'base (empty)'}; newest: {head_revision()}")

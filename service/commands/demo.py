@@ -1,24 +1,37 @@
 """`chextriev demo`: build the demo gallery from the bundled radiographs (once) and serve it.
 
-The first start extracts features, trains a small model briefly, publishes the index snapshot and
-records the cases (service.demo_build); later starts reuse all of it and are ready in seconds.
+The first start extracts features, trains a small model briefly and publishes the index snapshot
+(trainer.demo.build), then records the cases in the service's database (DemoDatabase, here); later
+starts reuse all of it and are ready in seconds. This is the one service module that imports the
+trainer: it composes the offline build and the service.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from alembic.util.exc import CommandError
+from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
 from index_store.errors import SnapshotError
 from model.errors import ChextrievError
+from model.patient_keys import patient_hash
 from service.commands.serve import serve
-from service.demo_build import DEFAULT_WORK_DIR, DemoBuild, build_demo
+from service.db.migrate import current_revision, head_revision, upgrade
+from service.db.repository import CaseRecord, upsert_cases
+from service.db.session import make_engine, make_session_factory, session_scope
+from service.settings import Settings, get_settings
+from trainer.demo.build import DEFAULT_WORK_DIR, Compute, DemoBuild, DemoCase, DemoPaths, build_demo
+from trainer.demo.samples import SAMPLE_DIR
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the demo, then serve it until interrupted (or print the build record and exit)."""
     try:
-        build = build_demo(args.work_dir, rebuild=args.rebuild, occlusion=not args.no_occlusion)
+        base = get_settings()
+        salt = base.patient_salt.get_secret_value() if base.patient_salt is not None else None
+        build = build_demo(args.work_dir, DemoDatabase, rebuild=args.rebuild, occlusion=not args.no_occlusion,
+                           compute=Compute(base.device, base.dtype), configured_salt=salt)
     except (ChextrievError, SnapshotError, CommandError, SQLAlchemyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -49,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(build.record))
         return 0
     overrides = {name: value for name, value in (("host", args.host), ("port", args.port)) if value is not None}
-    settings = build.settings.model_copy(update=overrides)
+    settings = demo_settings(build.paths, build.salt, build.record["snapshot_version"], **overrides)
     print(_welcome(build, f"http://{settings.host}:{settings.port}"), flush=True)
     serve(settings)
     return 0
@@ -64,3 +80,45 @@ def _welcome(build: DemoBuild, url: str) -> str:
     return (f"CheXtriev demo: {record['cases']} cases, index snapshot {record['snapshot_version']}, "
             f"model {record['checkpoint_fingerprint'][:12]} ({steps}; {record['seconds']} s)\n"
             f"Serving {url} (API documentation: {url}/docs). Try a search:\n  {shlex.join(command)}")
+
+
+def demo_settings(paths: DemoPaths, salt: str, snapshot_version: str, **overrides: Any) -> Settings:
+    """Service settings over a demo build; the rest (admin token, device, limits) from CHEXTRIEV_*."""
+    values = {"database_url": paths.database_url, "index_store": str(paths.index_store),
+              "checkpoint": str(paths.checkpoint), "image_root": str(SAMPLE_DIR),
+              "patient_salt": SecretStr(salt), "active_version": snapshot_version}
+    return get_settings().model_copy(update={**values, **overrides})
+
+
+class DemoDatabase:
+    """The demo's case store: the SQLite service database in the work directory, patients as salted hashes."""
+
+    def __init__(self, paths: DemoPaths, salt: str):
+        self.paths, self.salt = paths, salt
+
+    def revision(self) -> str | None:
+        """The database's revision when the file exists and is at the newest migration."""
+        if not self.paths.database.is_file():
+            return None
+        revision = current_revision(self.paths.database_url)
+        return revision if revision is not None and revision == head_revision() else None
+
+    def fill(self, cases: list[DemoCase]) -> str:
+        """Migrate the database and upsert every case; returns the revision."""
+        revision = upgrade(self.paths.database_url)
+        engine = make_engine(self.paths.database_url)
+        try:
+            with session_scope(make_session_factory(engine)) as session:
+                counts = upsert_cases(session, [self._record(case) for case in cases])
+        finally:
+            engine.dispose()
+        logger.info("demo cases recorded", extra={"inserted": counts.inserted, "updated": counts.updated})
+        return revision
+
+    def _record(self, case: DemoCase) -> CaseRecord:
+        return CaseRecord(
+            case_id=case.case_id,
+            patient_hash=patient_hash(case.patient_id, self.salt) if case.patient_id else None,
+            study_uid=None, series_uid=None, sop_uid=None,
+            findings=case.findings, region_boxes=case.region_boxes, image_path=case.image_path,
+            width=case.width, height=case.height, metadata=case.metadata)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import uvicorn
 
 from service.app import create_app
-from service.settings import Settings, get_settings
+from service.settings import Settings, SettingsError, get_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,9 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; the model and index load in the background (watch GET /readyz)."""
+    """Serve until interrupted; the model and index load in the background (watch GET /readyz).
+    Settings that cannot work stop the start with a message naming each variable (exit status 2)."""
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     overrides = {name: value for name, value in (("host", args.host), ("port", args.port)) if value is not None}
-    serve(get_settings().model_copy(update=overrides))
+    serve(settings.model_copy(update=overrides))
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Apply the Alembic migrations in `migrations/` to a database, from any working directory."""
+"""Apply the Alembic migrations of the installed `migrations` package to a database, from any working directory."""
 
 from __future__ import annotations
 
 import logging
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
@@ -14,7 +15,8 @@ from service.db.session import make_engine
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The package's own directory; importing `migrations` runs only its docstring, never env.py.
+MIGRATIONS_DIR = Path(str(files("migrations")))
 
 
 def alembic_config(url: str) -> Config:

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from sqlalchemy import make_url
 
+from model.precision import DTYPES
 from service.settings import Settings
-from service.state import DTYPES
 from tests.deployment.dockerfile import read_dockerfile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

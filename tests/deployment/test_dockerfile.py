@@ -79,8 +79,10 @@ def test_torch_is_installed_at_the_versions_pyproject_pins():
 def test_the_package_is_installed_without_editing_and_brings_its_migrations():
     installs = DOCKERFILE.stage("builder").arguments("RUN")
     install = next(run for run in installs if 'pip install ".$extras"' in run)
-    assert " -e " not in install and "MIGRATIONS_DIR" in install and "cd /" in install
+    assert " -e " not in install and "cp " not in install  # the migrations are package data: no copy step
     assert "migrations/ migrations/" in DOCKERFILE.stage("builder").arguments("COPY")
+    packages = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert "migrations*" in packages["find"]["include"]
 
 
 def test_runtime_stage_runs_unprivileged_with_a_readyz_health_check():
@@ -111,11 +113,11 @@ def test_runtime_stage_takes_the_environment_built_in_the_builder_and_installs_n
 def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_private():
     patterns = dockerignore_patterns()
     sources = copied_sources()
-    assert {"pyproject.toml", "model/", "service/", "migrations/", "docker/"} <= set(sources)
+    assert {"pyproject.toml", "model/", "service/", "trainer/", "migrations/", "docker/"} <= set(sources)
     for source in sources:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
         assert in_build_context(source, patterns), f"COPY {source}: left out by .dockerignore"
-    assert in_build_context("model/samples/cxr_lungbox/images/0007.jpg", patterns)  # package data
+    assert in_build_context("trainer/demo/cxr_lungbox/images/0007.jpg", patterns)  # package data
     for path in PRIVATE_PATHS:
         assert not in_build_context(path, patterns), f"{path} would be sent to the Docker build"
 

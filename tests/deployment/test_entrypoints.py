@@ -24,10 +24,10 @@ import pytest
 from index_store.gallery import read_gallery_npz
 from index_store.store import list_snapshots, publish_gallery
 from model.checkpoint import read_checkpoint_info
-from model.sample_gallery import SAMPLE_DIR
 from service.db.migrate import current_revision, head_revision, upgrade
 from tests.service.conftest import database_url  # noqa: F401 - a fixture: SQLite, then PostgreSQL
 from tests.service.test_server_e2e import Server, free_port, wait_until_ready
+from trainer.demo.samples import SAMPLE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO_ROOT / "docker"

@@ -1,4 +1,4 @@
-"""Region boxes as a client sends them: both request forms, every problem reported by region, clipping."""
+"""Region boxes as a client sends them: both request forms, every problem reported by region, boxes\nthat cross the image edge."""
 
 from __future__ import annotations
 
@@ -156,14 +156,14 @@ def test_names_match_ignoring_only_case_and_surrounding_whitespace():
     assert "more than once" in problems_of(error)["Trachea"]
 
 
-def test_boxes_partly_outside_the_image_are_clipped_and_the_input_is_left_alone():
+def test_boxes_partly_outside_the_image_are_kept_unclipped_and_the_input_is_left_alone():
     boxes = dict(BOXES, **{"trachea": (250, -40, 290.5, 161), "right costophrenic angle": (-9, 296, 93, 530)})
     sent = dict(boxes)
 
     ordered = validate_regions(boxes, WIDTH, HEIGHT)
 
-    assert tuple(ordered[REGION_NAMES.index("trachea")]) == (250, 0, 290.5, 161)
-    assert tuple(ordered[REGION_NAMES.index("right costophrenic angle")]) == (0, 296, 93, 512)
+    assert tuple(ordered[REGION_NAMES.index("trachea")]) == (250, -40, 290.5, 161)
+    assert tuple(ordered[REGION_NAMES.index("right costophrenic angle")]) == (-9, 296, 93, 530)
     assert tuple(ordered[REGION_NAMES.index("right lung")]) == BOXES["right lung"]
     assert boxes == sent
 

@@ -7,8 +7,14 @@ import json
 import pytest
 import torch
 
-from model.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, BackboneRecord, load_checkpoint,
-                              read_checkpoint_info, save_checkpoint)
+from model.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    BackboneRecord,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 from model.config import ModelConfig
 from model.errors import CheckpointError
 from model.network import CheXtriev

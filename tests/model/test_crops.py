@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from model.anatomy import validate_regions
+from model.catalogue import REGION_NAMES
 from model.crops import crop_regions, normalise, whole_image
 from model.errors import RegionError
 from model.preprocessing import CROP_SIZE, PAD_VALUE
+from model.region_derivation import derive_regions
 
 # crop_regions uses the same filter weights as F.interpolate(antialias=True); what is left is float32
 # rounding in a different summation order: measured below 5e-5 in normalised units (1e-5 of the grey
@@ -76,6 +79,26 @@ def test_part_of_a_box_outside_the_image_is_the_pad_value(radiograph):
     assert torch.equal(outside, pad.expand_as(outside))
     assert not torch.equal(crop[:, :, 112:], pad.expand_as(crop[:, :, 112:]))
     torch.testing.assert_close(crop, reference_crop(image, box), atol=TOLERANCE, rtol=0)
+
+
+def test_a_client_box_half_outside_the_image_is_zero_padded_not_stretched(radiograph):
+    image, case = radiograph
+    height, width = image.shape
+    x1, y1, x2, y2 = integer_box(case.right_lung)
+    half = (x2 - x1) // 2
+    box = (-half, y1, x2 - x1 - half, y2)  # the lung's width, its left half outside the image
+    regions = dict(derive_regions(case.right_lung, case.left_lung, width, height), **{"right lung": box})
+
+    boxes = validate_regions(regions, width, height)
+    crop = crop_regions([image], torch.from_numpy(boxes)[None])[0, REGION_NAMES.index("right lung")]
+
+    assert tuple(boxes[REGION_NAMES.index("right lung")]) == box
+    torch.testing.assert_close(crop, reference_crop(image, box), atol=TOLERANCE, rtol=0)
+    stretched = reference_crop(image, (0, y1, box[2], y2))  # what clipping the box first would give
+    assert (crop - stretched).abs().mean() > 0.1
+    pad = normalise(torch.full((1, 1), PAD_VALUE))
+    outside = crop[:, :, : CROP_SIZE * half // (x2 - x1) - 1]
+    torch.testing.assert_close(outside, pad.expand_as(outside))
 
 
 def test_images_of_different_sizes_in_one_batch(sample_cases):

@@ -12,7 +12,7 @@ from model.config import ModelConfig
 from model.embedder import Embedder
 from model.errors import CheckpointError
 from model.network import CheXtriev
-from model.sample_gallery import sample_case_input
+from trainer.demo.samples import sample_case_input
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.filereader
 import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
 
+import model.dicom_decoding
+import model.imaging
 from model.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
 from model.imaging import DecodedImage, ImageLimits, decode_image, sniff_format
 from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, dicom_bytes
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+
+
+@pytest.fixture
+def dicom_parses(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The source of every data set pydicom parses during the test: every dcmread goes through
+    pydicom.filereader.read_partial, however the caller imported dcmread."""
+    sources, read_partial = [], pydicom.filereader.read_partial
+    def counting(source, *args, **kwargs):
+        sources.append(source)
+        return read_partial(source, *args, **kwargs)
+    monkeypatch.setattr(pydicom.filereader, "read_partial", counting)
+    return sources
+
+
+def imported_modules(module) -> set[str]:
+    """What `module`'s source imports, wherever in the file: modules, and "module.name" for
+    `from module import name`."""
+    imported = set()
+    for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return imported
 
 
 def assert_unit_image(image: DecodedImage, width: int, height: int) -> None:
@@ -198,7 +227,7 @@ def test_dicom_rle_lossless_decodes_to_the_uncompressed_pixels(sample_12bit):
 
 def test_dicom_without_preamble_or_file_meta_is_read(sample_12bit):
     bare = dicom_bytes(sample_12bit, bits_stored=12, file_meta=False)
-    assert bare[128:132] != b"DICM" and sniff_format(bare) == "dicom"
+    assert bare[128:132] != b"DICM" and sniff_format(bare)[0] == "dicom"
     image = decode_image(bare)
     assert image.dicom.transfer_syntax is None and image.dicom.modality == "CR"
     np.testing.assert_allclose(image.pixels, min_max(sample_12bit), atol=1e-6)
@@ -214,6 +243,28 @@ def test_constant_dicom_decodes_to_zeros_not_nan():
     image = decode_image(dicom_bytes(np.full((32, 48), 700, dtype=np.uint16), bits_stored=12))
     assert_unit_image(image, 48, 32)
     assert not image.pixels.any()
+
+
+@pytest.mark.parametrize("variant", [{}, {"rle": True}, {"file_meta": False}],
+                         ids=["part 10", "rle", "bare data set"])
+def test_a_dicom_is_parsed_once_from_sniffing_to_its_header_and_pixels(sample_12bit, dicom_parses, variant):
+    image = decode_image(dicom_bytes(sample_12bit, bits_stored=12, **variant))
+    assert len(dicom_parses) == 1
+    assert image.dicom.modality == "CR" and image.pixels.shape == sample_12bit.shape
+
+
+def test_dicom_over_the_pixel_limit_is_refused_before_its_pixels_are_decoded(
+        sample_grey, monkeypatch, dicom_parses):
+    decoded = property(lambda _: pytest.fail("the pixel data were decoded"))
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", decoded)
+    with pytest.raises(ImageTooLargeError, match="more than the limit"):
+        decode_image(dicom_bytes(sample_grey), ImageLimits(max_pixels=sample_grey.size - 1))
+    assert len(dicom_parses) == 1
+
+
+def test_dicom_decoding_is_called_by_imaging_never_the_reverse():
+    assert "model.dicom_decoding" in imported_modules(model.imaging)
+    assert "model.imaging" not in imported_modules(model.dicom_decoding)
 
 
 # --- refusals ----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The CheXtriev network: shapes, the paper's formulas, adjacency, training of edges/location/gates,
-parameter counts at paper size, reduced precision."""
+"""The CheXtriev network: shapes, the paper's formulas, V1's adjacency-chosen edges, training of
+edges/location/gates, parameter counts at paper size, reduced precision."""
 
 from __future__ import annotations
 
@@ -78,12 +78,56 @@ def _dependency(model: CheXtriev, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, dim=1)
 
 
-def test_one_v1_layer_mixes_only_anatomical_neighbours():
-    x = region_features(1)
-    v1 = _dependency(small_model("V1", num_layers=1), x)
-    assert torch.equal(v1, torch.tensor(anatomical_adjacency()))
-    # Control: the fully connected V2 lets every region reach every other in one layer.
-    assert _dependency(small_model("V2", num_layers=1), x).all()
+def _first_layer_attention(model: CheXtriev, x: torch.Tensor, raw_edges: torch.Tensor | None) -> torch.Tensor:
+    """Attention weights (b, h, n, n) of the first layer on input x with raw edges (n|1, n|1, width),
+    or with projected edges that are exactly zero (None)."""
+    layer = model.layers[0]
+    with torch.no_grad():
+        nodes = layer.attention_norm(model.projection(x))
+        edges = (torch.zeros(layer.attention.num_heads, 1, 1, SMALL["head_dim"]) if raw_edges is None
+                 else layer.attention.project_edges(raw_edges))
+        return layer.attention.attention_weights(nodes, edges)
+
+
+def test_v1_edges_are_two_vectors_picked_by_the_adjacency():
+    model = small_model("V1")
+    assert model.edges.shape == (2, SMALL["width"])
+    assert model.adjacency.dtype == torch.long and "adjacency" not in model.state_dict()
+    raw_edges = []
+    model.layers[0].attention.edges_to_kv.register_forward_hook(
+        lambda module, inputs, output: raw_edges.append(inputs[0]))
+    with torch.no_grad():
+        model(region_features(2))
+    adjacency = torch.tensor(anatomical_adjacency())
+    assert raw_edges[0].shape == (NUM_REGIONS, NUM_REGIONS, SMALL["width"])
+    assert torch.equal(raw_edges[0][adjacency], model.edges[1].expand(int(adjacency.sum()), -1))
+    assert torch.equal(raw_edges[0][~adjacency], model.edges[0].expand(int((~adjacency).sum()), -1))
+
+
+def test_v1_masks_nothing():
+    """The research code's V1 is fully connected: the adjacency only chooses edge vectors."""
+    model, x = small_model("V1", num_layers=1), region_features(2)
+    assert (_first_layer_attention(model, x, model.edges[model.adjacency]) > 0).all()
+    assert _dependency(model, x[:1]).all(), "one layer lets every region reach every other"
+
+
+def test_v1_edge_vectors_shift_attention_between_adjacent_and_other_pairs():
+    """q_i . e is the same for every j when one vector is shared, so it cancels in the softmax; V1's
+    two vectors add one constant to the scores of i's adjacent pairs and another to the rest."""
+    model, x = small_model("V1"), region_features(2)
+    plain = _first_layer_attention(model, x, None)
+    for vector in model.edges:
+        assert torch.allclose(_first_layer_attention(model, x, vector.view(1, 1, -1)), plain, atol=1e-6)
+    v1 = _first_layer_attention(model, x, model.edges[model.adjacency])
+    assert not torch.allclose(v1, plain, atol=1e-3)
+    shift = v1.log() - plain.log()  # per (b, h, i): one value over adjacent j, another over the rest
+    adjacency = torch.tensor(anatomical_adjacency())
+    for i in range(NUM_REGIONS):
+        near, far = shift[..., i, adjacency[i]], shift[..., i, ~adjacency[i]]
+        assert near.shape[-1] and far.shape[-1], "every region has adjacent and non-adjacent regions"
+        assert torch.allclose(near, near[..., :1].expand_as(near), atol=1e-4)
+        assert torch.allclose(far, far[..., :1].expand_as(far), atol=1e-4)
+        assert ((near[..., 0] - far[..., 0]).abs() > 1e-3).all()
 
 
 def test_attention_follows_the_edge_aware_formula():
@@ -130,7 +174,7 @@ def test_gates_mix_with_h0_when_global_and_with_the_block_input_when_local(globa
         h1 = (attended + (h0 if global_residual else h)) / 2
         fed = layer.feed_forward(layer.feed_forward_norm(h1))
         expected = (fed + (h0 if global_residual else h1)) / 2
-        assert torch.allclose(layer(h, h0, edges, location, None), expected, atol=1e-6)
+        assert torch.allclose(layer(h, h0, edges, location), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("retrieval", ["multilevel", "last"])
@@ -139,8 +183,8 @@ def test_retrieval_embedding_levels(retrieval):
     with torch.no_grad():
         out = model(x)
         h0 = model.projection(x)
-        h1 = model.layers[0](h0, h0, model.edges, model.location, None)
-        assert torch.allclose(model.layers[1](h1, h0, model.edges, model.location, None), out.node_states, atol=1e-6)
+        h1 = model.layers[0](h0, h0, model.edges, model.location)
+        assert torch.allclose(model.layers[1](h1, h0, model.edges, model.location), out.node_states, atol=1e-6)
     pooled = (h0 + h1 + out.node_states if retrieval == "multilevel" else out.node_states).mean(dim=1)
     assert torch.allclose(out.embedding, F.normalize(pooled, dim=-1), atol=1e-6)
 
@@ -179,12 +223,23 @@ def test_edges_location_and_gates_are_trained():
         assert not torch.equal(parameter.detach(), before[name]), f"{name} did not change after one Adam step"
 
 
-def test_frozen_edges_reproduce_the_research_buffer():
-    model = small_model("V6", train_edges=False)
+def test_v1_trains_both_edge_vectors():
+    model = small_model("V1")
+    before = _one_adam_step(model, region_features(4))
+    assert isinstance(model.edges, torch.nn.Parameter)
+    assert (model.edges.grad.abs().sum(dim=-1) > 0).all(), "the adjacent and the non-adjacent vector get gradients"
+    assert (model.edges.detach() != before["edges"]).any(dim=-1).all(), "both vectors change after one Adam step"
+    for name, parameter in model.named_parameters():
+        assert parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("variant", ["V1", "V6"])
+def test_frozen_edges_reproduce_the_research_buffer(variant):
+    model = small_model(variant, train_edges=False)
     assert "edges" not in dict(model.named_parameters()) and "edges" in model.state_dict()
     before = _one_adam_step(model, region_features(4))
     assert torch.equal(model.edges, before["edges"])
-    assert not torch.equal(model.location.detach(), before["location"])
+    assert not torch.equal(model.projection[0].weight.detach(), before["projection.0.weight"])
     model.eval()
     with torch.no_grad():
         out = model(region_features(2)).embedding
@@ -231,9 +286,9 @@ def test_half_precision_cached_features_are_accepted():
         assert torch.equal(model(x).embedding, model(x.float()).embedding)
 
 
-def _paper_v6(**overrides) -> CheXtriev:
+def _paper(variant: str = "V6", **overrides) -> CheXtriev:
     with torch.device("meta"):  # shapes only: counting needs no memory or initialisation
-        return CheXtriev(ModelConfig.for_variant("V6", 2048, **overrides))
+        return CheXtriev(ModelConfig.for_variant(variant, 2048, **overrides))
 
 
 def test_paper_size_parameter_counts():
@@ -246,17 +301,19 @@ def test_paper_size_parameter_counts():
     + 18 location vectors (18,432) + classifier LayerNorm and Linear (11,273) = 22,086,665 with the
     edges as an untrained buffer, as the research code counted them: 22.1M. The research code had
     64 location vectors and a 2-entry adjacency embedding (+49,152), still 22.1M. With the edges
-    trained, as the paper says, they add 18*18*1024 = 331,776 parameters: 22.4M.
+    trained, as the paper says, they add 18*18*1024 = 331,776 parameters: 22.4M. V1 has no location
+    vectors and two trained edge vectors instead: 22,086,665 - 18,432 + 2*1024 = 22,070,281.
     """
     def counts(model: CheXtriev) -> tuple[int, int]:
         projection = sum(p.numel() for name, p in model.named_parameters() if name.startswith("projection."))
         return projection, sum(p.numel() for p in model.parameters()) - projection
 
-    projection, frozen_edges_gt = counts(_paper_v6(train_edges=False))
+    projection, frozen_edges_gt = counts(_paper(train_edges=False))
     assert projection == 3_147_776
     assert 22_050_000 <= frozen_edges_gt < 22_150_000  # rounds to the notes' 22.1M
     assert frozen_edges_gt == 22_086_665
-    assert counts(_paper_v6()) == (projection, frozen_edges_gt + NUM_REGIONS * NUM_REGIONS * 1024)
+    assert counts(_paper()) == (projection, frozen_edges_gt + NUM_REGIONS * NUM_REGIONS * 1024)
+    assert counts(_paper("V1")) == (projection, 22_070_281)
 
 
 def test_bfloat16_embeddings_match_float32_at_paper_size():

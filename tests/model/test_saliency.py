@@ -19,7 +19,7 @@ from model.network import CheXtriev
 from model.preprocessing import IMAGENET_MEAN
 from model.saliency import occlusion_embeddings, region_saliency
 from model.saliency_render import VIRIDIS_STOPS, render_saliency_png
-from model.sample_gallery import sample_case_input
+from trainer.demo.samples import sample_case_input
 
 
 @pytest.fixture(scope="module")

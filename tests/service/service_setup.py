@@ -40,12 +40,11 @@ from model.embedder import Embedder
 from model.network import CheXtriev
 from model.patient_keys import patient_group, patient_group_keys
 from model.saliency import OcclusionResult, occlusion_embeddings
-from model.sample_gallery import SampleCase, load_sample_cases
-from model.sample_gallery import sample_case_input
 from service.db.migrate import upgrade
 from service.db.repository import CaseRecord, patient_hash, upsert_cases
 from service.db.session import make_engine, make_session_factory, session_scope
 from service.settings import Settings
+from trainer.demo.samples import SampleCase, load_sample_cases, sample_case_input
 
 SALT = "service-tests-patient-salt"
 GALLERY_SIZE = 6  # cxrlb-0310/0311 share patient 219, cxrlb-0312/0313 patient 221

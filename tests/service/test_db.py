@@ -14,7 +14,6 @@ from sqlalchemy import select, text
 from model.catalogue import REGION_NAMES
 from model.patient_keys import PatientKeyError, patient_group, patient_group_keys
 from model.region_derivation import derive_regions
-from model.sample_gallery import SAMPLE_DIR, SampleCase
 from service.db.migrate import upgrade
 from service.db.models import IndexSnapshot
 from service.db.repository import (
@@ -33,6 +32,7 @@ from service.db.repository import (
     upsert_cases,
 )
 from service.db.session import make_engine, make_session_factory, session_scope
+from trainer.demo.samples import SAMPLE_DIR, SampleCase
 
 SALT = "a-long-random-test-salt"
 

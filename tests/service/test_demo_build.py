@@ -22,15 +22,16 @@ from index_store.search import Exclusion
 from index_store.store import open_version
 from model.catalogue import NUM_REGIONS
 from model.checkpoint import load_checkpoint
-from model.datasets.labels import DEFAULT_NO_LABEL_VALUES
 from model.embedder import Embedder
-from model.sample_gallery import SAMPLE_DIR, load_sample_cases
 from service.app import create_app
 from service.cli import main
+from service.commands.demo import demo_settings
 from service.db.repository import get_cases, patient_hash
 from service.db.session import make_engine, make_session_factory, session_scope
-from service.demo_build import DemoPaths, demo_dataset, demo_settings, gallery_occlusions, read_build_record
 from service.settings import Settings
+from trainer.datasets.labels import DEFAULT_NO_LABEL_VALUES
+from trainer.demo.build import DemoPaths, demo_dataset, gallery_occlusions, read_build_record
+from trainer.demo.samples import SAMPLE_DIR, load_sample_cases
 
 HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 READY_TIMEOUT_S = 60

@@ -1,4 +1,4 @@
-"""Markers of the model tests."""
+"""Markers of the trainer tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The feature cache on bundled radiographs: contents, resuming, refusals, bad images, torchrun."""
+"""The feature cache on bundled radiographs and the Chest ImaGenome fixtures: contents, region labels,
+resuming, refusals, bad images, torchrun."""
 
 from __future__ import annotations
 
@@ -17,14 +18,26 @@ import pytest
 import torch
 
 from model.backbones import build_backbone
-from model.catalogue import NUM_REGIONS
+from model.catalogue import FINDING_NAMES, NUM_REGIONS, REGION_INDEX
 from model.checkpoint import BackboneRecord
-from model.datasets.anatomy_sources import LungBoxes
-from model.datasets.records import Dataset, ImageRecord
-from model.feature_cache import (DONE_FILE, MANIFEST_FILE, RECORDS_FILE, REGION_FILE, SKIPPED_FILE,
-                                 WHOLE_FILE, FeatureCache, FeatureCacheError, extract_features)
 from model.feature_extractor import FeatureExtractor
 from model.imaging import decode_image
+from tests.trainer.datasets import imagenome_fixtures
+from trainer.datasets import read_manifest
+from trainer.datasets.anatomy_sources import LungBoxes
+from trainer.datasets.records import Dataset, ImageRecord
+from trainer.feature_cache import (
+    DONE_FILE,
+    MANIFEST_FILE,
+    RECORDS_FILE,
+    REGION_FILE,
+    REGION_LABELS_FILE,
+    SKIPPED_FILE,
+    WHOLE_FILE,
+    FeatureCache,
+    FeatureCacheError,
+    extract_features,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "val", "test", "test", "train", "train")  # by patient: 5, 103, 219, 219, 221, 221
@@ -56,6 +69,26 @@ def dataset_of(records: list[ImageRecord], name: str = "bundled") -> Dataset:
     return Dataset(name, labels, records, "lung_boxes")
 
 
+def write_manifest(path: Path, records: list[ImageRecord]) -> Path:
+    """A CSV manifest (`chextriev features --manifest`) of records with lung boxes."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "case_id", "patient_id", "split", "labels", "right_lung", "left_lung"])
+        for record in records:
+            writer.writerow([record.image_path, record.case_id, record.patient_id, record.split,
+                             "|".join(record.labels), json.dumps(record.anatomy.right_lung),
+                             json.dumps(record.anatomy.left_lung)])
+    return path
+
+
+def without_region_labels(directory: Path) -> None:
+    """Make a cache look as one written before region labels were kept."""
+    (directory / REGION_LABELS_FILE).unlink()
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    del manifest["region_labels"]
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+
+
 @pytest.fixture(scope="module")
 def dataset(sample_cases) -> Dataset:
     return dataset_of(records_of(sample_cases[:6]))
@@ -84,6 +117,18 @@ def reference(dataset, extractor, tmp_path_factory) -> FeatureCache:
                             batch_size=2, num_workers=1)
 
 
+@pytest.fixture(scope="module")
+def imagenome() -> Dataset:
+    return imagenome_fixtures.read()
+
+
+@pytest.fixture(scope="module")
+def imagenome_reference(imagenome, extractor, tmp_path_factory) -> FeatureCache:
+    """An uninterrupted run over the Chest ImaGenome fixtures (4 images), batches of 2."""
+    return extract_features(imagenome, extractor, tmp_path_factory.mktemp("imagenome") / "cache",
+                            batch_size=2, num_workers=0)
+
+
 def test_a_cache_reopens_with_the_dataset_and_backbone_it_was_made_from(reference, dataset, extractor):
     cache = FeatureCache.open(reference.directory)
     assert cache.count == 6 and cache.dataset_name == "bundled" and cache.regions_source == "lung_boxes"
@@ -102,6 +147,73 @@ def test_a_cache_reopens_with_the_dataset_and_backbone_it_was_made_from(referenc
     manifest = json.loads((reference.directory / MANIFEST_FILE).read_text())
     assert manifest["count"] == 6 and manifest["feature_dim"] == 1280
     assert manifest["backbone"]["fingerprint"] == extractor.backbone.fingerprint
+    assert cache.region_labels is None and "region_labels" not in manifest  # image labels only
+    assert not (reference.directory / REGION_LABELS_FILE).exists()
+
+
+def test_a_manifest_datasets_cache_holds_image_labels_only(dataset, extractor, tmp_path):
+    manifest_dataset = read_manifest(write_manifest(tmp_path / "manifest.csv", dataset.records[:2]))
+    cache = extract_features(manifest_dataset, extractor, tmp_path / "cache", num_workers=0)
+    assert cache.region_labels is None and cache.summary()["region_labels"] is False
+    assert sorted(path.name for path in cache.directory.iterdir()) == sorted(
+        [MANIFEST_FILE, RECORDS_FILE, REGION_FILE, WHOLE_FILE, DONE_FILE, SKIPPED_FILE])
+
+
+def test_an_imagenome_cache_holds_the_region_labels_of_the_scene_graphs(imagenome_reference, imagenome):
+    cache = FeatureCache.open(imagenome_reference.directory)
+    assert cache.region_labels.shape == (4, NUM_REGIONS, len(FINDING_NAMES)) and cache.region_labels.dtype == bool
+    np.testing.assert_array_equal(cache.region_labels, imagenome.region_label_matrix())
+    # By hand, from A's scene graph: "anatomicalfinding|yes|pleural effusion" on the right costophrenic
+    # angle (a later "no" does not clear it), "...|yes|lung opacity" on the left mid lung zone and the
+    # left lung; its right lung has only "no" relations.
+    a = cache.region_labels[cache.case_ids.tolist().index(imagenome_fixtures.A)]
+    effusion, opacity = FINDING_NAMES.index("pleural effusion"), FINDING_NAMES.index("lung opacity")
+    assert a[REGION_INDEX["right costophrenic angle"], effusion]
+    assert a[REGION_INDEX["left mid lung zone"], opacity] and a[REGION_INDEX["left lung"], opacity]
+    assert int(a.sum()) == 3 and not a[REGION_INDEX["right lung"]].any()
+    np.testing.assert_array_equal(cache.region_labels.any(axis=1), cache.labels)
+    manifest = json.loads((cache.directory / MANIFEST_FILE).read_text())
+    assert manifest["region_labels"] == REGION_LABELS_FILE and cache.summary()["region_labels"] is True
+    with pytest.raises(ValueError):
+        cache.region_labels[0, 0, 0] = True  # read-only, as the features
+
+
+def test_an_interrupted_imagenome_run_resumes_to_the_same_bytes_region_labels_included(
+        imagenome_reference, imagenome, extractor, tmp_path):
+    out = tmp_path / "cache"
+    with pytest.raises(Interrupted):
+        extract_features(imagenome, extractor, out, batch_size=2, num_workers=0, after_batch=interrupt_after(2))
+    assert FeatureCache.open(out, allow_incomplete=True).region_labels is not None
+    extract_features(imagenome, extractor, out, batch_size=2, num_workers=0)
+    for name in (*DATA_FILES, REGION_LABELS_FILE):
+        assert (out / name).read_bytes() == (imagenome_reference.directory / name).read_bytes(), name
+
+
+def test_a_cache_made_before_region_labels_were_kept_opens_and_a_rerun_adds_them(
+        imagenome_reference, imagenome, extractor, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(imagenome_reference.directory, out)
+    without_region_labels(out)
+    old = FeatureCache.open(out)
+    assert old.region_labels is None and old.count == 4 and old.summary()["region_labels"] is False
+    data = {name: (out / name).read_bytes() for name in DATA_FILES}
+    computed = []
+    cache = extract_features(imagenome, extractor, out, num_workers=0, after_batch=computed.append)
+    assert computed == []  # every row was done: the features are not computed again
+    assert {name: (out / name).read_bytes() for name in DATA_FILES} == data
+    np.testing.assert_array_equal(cache.region_labels, imagenome.region_label_matrix())
+
+
+def test_a_cache_holding_other_region_labels_refuses_to_resume(imagenome_reference, imagenome, extractor, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(imagenome_reference.directory, out)
+    changed = np.load(out / REGION_LABELS_FILE)
+    changed[0, 0, 0] = ~changed[0, 0, 0]
+    np.save(out / REGION_LABELS_FILE, changed)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(FeatureCacheError, match="cannot be resumed by this one .*region labels"):
+        extract_features(imagenome, extractor, out, num_workers=0)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
 def test_cached_features_are_the_extractors_features_in_fp16(reference, dataset, extractor):
@@ -172,7 +284,7 @@ def test_unusable_images_stop_the_run_or_are_skipped_and_left_out(dataset, extra
     assert not np.load(tmp_path / "stopped" / DONE_FILE).any()
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="model.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="trainer.feature_cache"):
         cache = extract_features(bad_dataset, extractor, tmp_path / "skipped", num_workers=0, skip_bad_images=True)
     assert cache.done.all() and cache.skipped.tolist() == [True, False, True]
     assert cache.indices("train").tolist() == [1]
@@ -185,14 +297,7 @@ def test_unusable_images_stop_the_run_or_are_skipped_and_left_out(dataset, extra
 
 @pytest.mark.torchrun
 def test_two_torchrun_processes_fill_the_same_cache_as_one_process(reference, dataset, tmp_path):
-    manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "case_id", "patient_id", "split", "labels", "right_lung", "left_lung"])
-        for record in dataset.records:
-            writer.writerow([record.image_path, record.case_id, record.patient_id, record.split,
-                             "|".join(record.labels), json.dumps(record.anatomy.right_lung),
-                             json.dumps(record.anatomy.left_lung)])
+    manifest = write_manifest(tmp_path / "manifest.csv", dataset.records)
     out = tmp_path / "cache"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "service.cli", "features", "--out", str(out), "--backbone", "efficientnet_lite0",

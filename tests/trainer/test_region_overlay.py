@@ -9,7 +9,7 @@ from PIL import Image
 from model.anatomy import order_boxes
 from model.catalogue import REGION_NAMES
 from model.region_derivation import derive_regions
-from model.region_overlay import REGION_COLOURS, draw_region_boxes, short_label
+from trainer.region_overlay import REGION_COLOURS, draw_region_boxes, short_label
 
 
 @pytest.fixture(scope="module")

@@ -1,31 +1,36 @@
 """Training on a feature cache of bundled radiographs: selection, early stopping, scheduling,
-determinism, every variant, checkpoints the embedder loads, the command line and DDP on two CPU processes."""
+determinism, every variant, checkpoints the embedder loads, the command line and DDP on two CPU processes;
+and node supervision (V4) on the region labels of a Chest ImaGenome cache."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.backbones import build_backbone
 from model.checkpoint import load_checkpoint, read_checkpoint_info
-from model.classification_metrics import macro_roc_auc
 from model.config import VARIANT_SETTINGS, ModelConfig
-from model.datasets.anatomy_sources import LungBoxes
-from model.datasets.records import Dataset, ImageRecord
 from model.embedder import Embedder
-from model.feature_cache import FeatureCache, extract_features
 from model.feature_extractor import FeatureExtractor
-from model.sample_gallery import sample_case_input
-from model.training import TrainingConfig, TrainingError, train
 from service.cli import main
+from tests.trainer.datasets import imagenome_fixtures
+from trainer.datasets.anatomy_sources import LungBoxes
+from trainer.datasets.records import Dataset, ImageRecord
+from trainer.demo.samples import sample_case_input
+from trainer.evaluation.classification_metrics import macro_roc_auc
+from trainer.feature_cache import FeatureCache, extract_features
+from trainer.training import IMAGE_NODE_TARGETS, REGION_NODE_TARGETS, TrainingConfig, TrainingError, train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = {"width": 32, "num_heads": 2, "head_dim": 8, "ff_dim": 64}
@@ -65,6 +70,13 @@ def cache(cache_dir) -> FeatureCache:
     return FeatureCache.open(cache_dir)
 
 
+@pytest.fixture(scope="session")
+def imagenome_cache(tmp_path_factory) -> FeatureCache:
+    """A feature cache of the Chest ImaGenome fixtures (train A and C, val E, test G), with region labels."""
+    return extract_features(imagenome_fixtures.read(), FeatureExtractor(build_backbone("efficientnet_lite0")),
+                            tmp_path_factory.mktemp("imagenome") / "cache", num_workers=0)
+
+
 def _config(cache: FeatureCache, variant: str = "V6") -> ModelConfig:
     return ModelConfig.for_variant(variant, input_dim=cache.feature_dim, num_classes=len(cache.label_names), **TINY)
 
@@ -80,6 +92,19 @@ def _val_auc_of(checkpoint_dir: Path, cache: FeatureCache) -> float:
     with torch.inference_mode():
         logits = network(torch.from_numpy(np.asarray(cache.region_features[rows], dtype=np.float32))).logits
     return macro_roc_auc(logits.numpy(), cache.labels[rows]).value
+
+
+def _val_loss_of(checkpoint_dir: Path, cache: FeatureCache, node_labels: np.ndarray) -> float:
+    """The validation loss of a V4 checkpoint, its node logits scored against `node_labels` (N, 18, C)."""
+    network, _ = load_checkpoint(checkpoint_dir)
+    rows = cache.indices("val")
+    with torch.inference_mode():
+        output = network(torch.from_numpy(np.asarray(cache.region_features[rows], dtype=np.float32)))
+    labels = torch.from_numpy(cache.labels[rows].astype(np.float32))
+    node_targets = torch.from_numpy(np.asarray(node_labels[rows], dtype=np.float32))
+    image_loss = F.binary_cross_entropy_with_logits(output.logits, labels)
+    node_loss = F.binary_cross_entropy_with_logits(output.node_logits, node_targets)
+    return float(image_loss + node_loss)  # one val image: the means over images are these
 
 
 def _json_logs(stderr: str) -> list[dict]:
@@ -138,6 +163,28 @@ def test_early_stopping_after_patience_evaluations_without_improvement(cache, tm
     assert waits.index(2) == len(losses) - 1  # stopped at the first second evaluation in a row without improvement
 
 
+def test_defaults_give_the_papers_effective_batch_on_one_device_and_a_schedule_that_can_act(capsys):
+    defaults = TrainingConfig()
+    assert defaults.batch_size * defaults.accumulate_grad_batches == 256
+    # ReduceLROnPlateau lowers the rate at the (lr_patience + 1)-th evaluation without improvement,
+    # early stopping ends the run at the patience-th: the first must come first.
+    assert defaults.lr_patience + 1 < defaults.patience
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default 16: 16 x 16 = 256 images per optimiser step on one device" in help_text
+    assert "no BatchNorm" in help_text
+    assert "default 2: the learning rate drops after 3 validations without improvement" in help_text
+
+
+def test_with_the_default_patiences_the_learning_rate_drops_before_early_stopping(cache, tmp_path):
+    defaults = TrainingConfig()
+    result = train(cache, _config(cache), _training(lr=0.05, max_epochs=30, patience=defaults.patience,
+                                                    lr_patience=defaults.lr_patience), tmp_path)
+    assert result.epochs_run < 30  # stopped early
+    assert result.history[-1].lr < result.history[0].lr  # and the last epochs ran at a lower rate
+
+
 def test_learning_rate_drops_tenfold_when_validation_loss_stalls(cache, tmp_path):
     result = train(cache, _config(cache), _training(lr=0.02, max_epochs=6, patience=10, lr_patience=0), tmp_path)
     lrs, losses = [r.lr for r in result.history], [r.val_loss for r in result.history]
@@ -155,7 +202,36 @@ def test_every_variant_trains(cache, tmp_path, variant):
     result = train(cache, _config(cache, variant), _training(max_epochs=1), tmp_path)
     network, info = load_checkpoint(result.checkpoint_dir)
     assert info.model_config.variant == variant and result.epochs_run == 1
-    assert ("node_supervision_targets" in info.metadata) == (variant == "V4")
+    # The bundled cache, like any of a manifest dataset, holds image labels only.
+    node_targets = IMAGE_NODE_TARGETS if variant == "V4" else None
+    assert result.node_supervision_targets == info.metadata.get("node_supervision_targets") == node_targets
+
+
+def test_v4_trains_its_nodes_on_the_region_labels_of_an_imagenome_cache(imagenome_cache, tmp_path, caplog):
+    config = _config(imagenome_cache, "V4")
+    assert imagenome_cache.region_labels is not None
+    with caplog.at_level(logging.INFO, logger="trainer.training"):
+        regional = train(imagenome_cache, config, _training(max_epochs=1), tmp_path / "region")
+        broadcast = train(replace(imagenome_cache, region_labels=None), config, _training(max_epochs=1),
+                          tmp_path / "image")  # the same cache as one made before region labels were kept
+    assert regional.node_supervision_targets == REGION_NODE_TARGETS
+    assert read_checkpoint_info(regional.checkpoint_dir).metadata["node_supervision_targets"] == REGION_NODE_TARGETS
+    assert broadcast.node_supervision_targets == IMAGE_NODE_TARGETS
+    assert read_checkpoint_info(broadcast.checkpoint_dir).metadata["node_supervision_targets"] == IMAGE_NODE_TARGETS
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("node supervision")]
+    assert said == [("INFO", f"node supervision targets: {REGION_NODE_TARGETS}"),
+                    ("WARNING", f"node supervision targets: {IMAGE_NODE_TARGETS}")]
+
+    region_labels = np.asarray(imagenome_cache.region_labels)
+    broadcast_labels = np.broadcast_to(imagenome_cache.labels[:, None, :], region_labels.shape)
+    assert not np.array_equal(region_labels, broadcast_labels)
+    # One epoch: the saved weights are those the validation loss was computed with.
+    val_loss = regional.history[0].val_loss
+    assert val_loss == pytest.approx(_val_loss_of(regional.checkpoint_dir, imagenome_cache, region_labels), rel=1e-5)
+    assert val_loss != pytest.approx(_val_loss_of(regional.checkpoint_dir, imagenome_cache, broadcast_labels), rel=1e-3)
+    assert broadcast.history[0].val_loss == pytest.approx(
+        _val_loss_of(broadcast.checkpoint_dir, imagenome_cache, broadcast_labels), rel=1e-5)
+    assert regional.history[0].train_loss != pytest.approx(broadcast.history[0].train_loss, rel=1e-3)
 
 
 def test_selects_on_validation_loss_when_no_label_varies_in_val(cache_dir, tmp_path):
@@ -194,7 +270,7 @@ def test_diverged_training_raises_and_writes_no_checkpoint(cache, tmp_path):
 
 
 def test_command_line_trains_and_reports(cache_dir, tmp_path, capsys):
-    code = main(["train", "--features", str(cache_dir), "--out", str(tmp_path), "--variant", "V3", *TINY_OPTIONS,
+    code = main(["train", "--features", str(cache_dir), "--out", str(tmp_path), "--variant", "V4", *TINY_OPTIONS,
                  "--epochs", "1", "--batch-size", "4", "--accumulate", "1", "--accelerator", "cpu", "--devices", "1"])
     assert code == 0
     captured = capsys.readouterr()
@@ -202,7 +278,11 @@ def test_command_line_trains_and_reports(cache_dir, tmp_path, capsys):
     logs = _json_logs(captured.err)
     assert [entry["epoch"] for entry in logs if entry["message"] == "epoch finished"] == [0]
     assert summary["epochs_run"] == 1 and summary["world_size"] == 1
-    assert read_checkpoint_info(summary["checkpoint_dir"]).model_config.variant == "V3"
+    assert read_checkpoint_info(summary["checkpoint_dir"]).model_config.variant == "V4"
+    # The cache holds image labels only: the summary and a warning say what the nodes were trained on.
+    assert summary["node_supervision_targets"] == IMAGE_NODE_TARGETS
+    assert [(entry["level"], entry["message"]) for entry in logs if entry["message"].startswith("node supervision")] \
+        == [("WARNING", f"node supervision targets: {IMAGE_NODE_TARGETS}")]
     assert main(["train", "--features", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
     assert "not a feature cache" in capsys.readouterr().err
 

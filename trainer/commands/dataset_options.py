@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import argparse
 
-from model.datasets.errors import DatasetError, DatasetProblem
-from model.datasets.imagenome import read_imagenome
-from model.datasets.labels import DEFAULT_NO_LABEL_VALUES, DEFAULT_SEPARATORS
-from model.datasets.manifest import (MANIFEST_COLUMNS, MISSING_IMAGE_POLICIES, REGION_MODES,
-                                     SPLIT_CONFLICT_POLICIES, read_manifest)
-from model.datasets.records import Dataset
-from model.datasets.splits import DEFAULT_FRACTIONS
+from trainer.datasets.errors import DatasetError, DatasetProblem
+from trainer.datasets.imagenome import read_imagenome
+from trainer.datasets.labels import DEFAULT_NO_LABEL_VALUES, DEFAULT_SEPARATORS
+from trainer.datasets.manifest import (
+    MANIFEST_COLUMNS,
+    MISSING_IMAGE_POLICIES,
+    REGION_MODES,
+    SPLIT_CONFLICT_POLICIES,
+    read_manifest,
+)
+from trainer.datasets.records import Dataset
+from trainer.datasets.splits import DEFAULT_FRACTIONS
 
 IMAGENOME_OPTIONS = ("imagenome_scene_graphs", "mimic_jpg", "mimic_split")
 MANIFEST_ONLY_OPTIONS = ("column", "label_column", "yes_no_label", "no_label_values", "atlas_from")

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from model.errors import ChextrievError
-from model.feature_cache import FeatureCache
-from model.gallery_export import ALL_SPLITS, PATIENT_SALT_ENV, export_gallery
+from trainer.feature_cache import FeatureCache
+from trainer.gallery_export import ALL_SPLITS, PATIENT_SALT_ENV, export_gallery
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -3,7 +3,7 @@
 Interrupted runs resume: run the same command again. Several GPUs or nodes: start it through
 torchrun, e.g. `torchrun --nproc_per_node 4 -m service.cli features ...`; each process reads
 RANK/WORLD_SIZE/LOCAL_RANK, takes every WORLD_SIZE-th image and uses GPU LOCAL_RANK, and all write
-into the one cache directory, which must be on a filesystem they all see (model.feature_cache).
+into the one cache directory, which must be on a filesystem they all see (trainer.feature_cache).
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 from model.backbones import BACKBONE_NAMES, build_backbone
+from model.devices import select_device
 from model.errors import ChextrievError
-from model.feature_cache import extract_features
 from model.feature_extractor import FeatureExtractor
-from model.launch import DEVICE_CHOICES, PRECISIONS, launch_position, pick_device, pick_dtype
-from service.commands.dataset_options import add_dataset_arguments, dataset_from_args
+from model.precision import DEVICE_CHOICES, DTYPES, dtype_named
+from trainer.commands.dataset_options import add_dataset_arguments, dataset_from_args
+from trainer.feature_cache import extract_features
+from trainer.launch import launch_position
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per backbone batch (default 16)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                         help="auto: this process's GPU when CUDA is present, else the CPU (default auto)")
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                        help="backbone compute dtype; bf16/fp16 need CUDA (default fp32)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="backbone compute dtype; bfloat16 and float16 are fast on a GPU (default float32)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes decoding images while the backbone runs (default 2; 0: none)")
     parser.add_argument("--skip-bad-images", action="store_true",
@@ -50,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         position = launch_position()
         dataset = dataset_from_args(args)
-        device = pick_device(args.device, position.local_rank)
-        extractor = FeatureExtractor(build_backbone(args.backbone, args.weights), device=device,
-                                     dtype=pick_dtype(args.precision, device))
+        extractor = FeatureExtractor(build_backbone(args.backbone, args.weights),
+                                     device=select_device(args.device, position.local_rank),
+                                     dtype=dtype_named(args.dtype))
         cache = extract_features(dataset, extractor, args.out, batch_size=args.batch_size,
                                  num_workers=args.workers, rank=position.rank, world_size=position.world_size,
                                  skip_bad_images=args.skip_bad_images)

@@ -1,4 +1,4 @@
-"""`chextriev train`: train the projection and graph transformer on a feature cache (model.training).
+"""`chextriev train`: train the projection and graph transformer on a feature cache (trainer.training).
 
 Several processes need no other option than the Lightning ones: `--devices 2 --strategy ddp` lets
 Lightning start the second process, and `torchrun --nproc_per_node N -m service.cli train ...
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from model.config import RETRIEVALS, VARIANT_SETTINGS, ModelConfig
 from model.errors import ChextrievError
-from model.feature_cache import FeatureCache
-from model.training import TrainingConfig, train
+from trainer.feature_cache import FeatureCache
+from trainer.training import TrainingConfig, train
 
 _DEFAULTS = TrainingConfig()
 # Model size options (all optional; the variant's paper sizes otherwise): argparse name -> ModelConfig field.
@@ -28,6 +28,18 @@ _TRAINING_OPTIONS = {
     "lr_patience": ("lr_patience", int), "patience": ("patience", int), "gradient_clip": ("gradient_clip", float),
     "seed": ("seed", int), "accelerator": ("accelerator", str), "devices": ("devices", str),
     "num_nodes": ("num_nodes", int), "strategy": ("strategy", str), "precision": ("precision", str),
+}
+# What the defaults of some training options mean, after "default N".
+_HELP_NOTES = {
+    "accumulate": f": {_DEFAULTS.batch_size} x {_DEFAULTS.accumulate_grad_batches} = "
+                  f"{_DEFAULTS.batch_size * _DEFAULTS.accumulate_grad_batches} images per optimiser step on one "
+                  "device, the paper's effective batch (16 x 8 x 2 GPUs), exact since the network has no "
+                  "BatchNorm; on N devices it is batch size x accumulate x N, so pass 8 on two",
+    "lr_patience": f": the learning rate drops after {_DEFAULTS.lr_patience + 1} validations without improvement, "
+                   f"before early stopping (--patience, default {_DEFAULTS.patience}) ends the run; keep it "
+                   "below --patience minus 1, or the schedule never acts",
+    "patience": ": stop after this many validations without a lower validation loss; keep --lr-patience below "
+                "it minus 1 so the learning rate can drop first",
 }
 
 
@@ -43,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help="model size override (default: paper)")
     for name, (field, kind) in _TRAINING_OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
-                            help=f"default {getattr(_DEFAULTS, field)}")
+                            help=f"default {getattr(_DEFAULTS, field)}{_HELP_NOTES.get(name, '')}")
     parser.set_defaults(handler=run)
 
 

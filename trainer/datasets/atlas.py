@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from model.datasets.anatomy_sources import AtlasRegions
-from model.datasets.errors import DatasetError, DatasetProblem
-from model.datasets.records import ImageRecord
-from model.dicom_decoding import read_dicom_header
+from trainer.datasets.anatomy_sources import AtlasRegions
+from trainer.datasets.errors import DatasetError, DatasetProblem
+from trainer.datasets.records import ImageRecord
+from model.dicom_decoding import dicom_header, parse_dicom
 from model.errors import ChextrievError
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def image_size(path: Path) -> tuple[int, int]:
     with open(path, "rb") as handle:
         head = handle.read(DICOM_MAGIC_AT.stop)
     if head[DICOM_MAGIC_AT] == b"DICM":
-        header = read_dicom_header(path.read_bytes())
+        header = dicom_header(parse_dicom(path, pixels=False))
         return header.columns, header.rows
     try:
         with Image.open(path) as image:

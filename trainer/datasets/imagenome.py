@@ -10,10 +10,10 @@ Inputs (every path given by the caller):
 - ``metadata_csv`` (optional): ``mimic-cxr-2.0.0-metadata.csv``; when given, its ``ViewPosition``
   decides the view, otherwise the scene graph's ``viewpoint`` does.
 Kept: images of the split file that have a scene graph, a PA or AP view and all 18 region boxes
-(non-degenerate). Labels: the 9 catalogue findings (see `model.datasets.scene_graph`). Images left
-out are counted by reason in ``Dataset.excluded``. Malformed scene graphs raise one DatasetError
-naming every file and field; images missing on disk are refused (``missing_images="error"``,
-listing each) or left out and counted (``"skip"``).
+(non-degenerate). Labels: the 9 catalogue findings, per image and per region (see
+`trainer.datasets.scene_graph`). Images left out are counted by reason in ``Dataset.excluded``.
+Malformed scene graphs raise one DatasetError naming every file and field; images missing on disk
+are refused (``missing_images="error"``, listing each) or left out and counted (``"skip"``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from tqdm import tqdm
 
 from model.anatomy import box_problem
 from model.catalogue import FINDING_NAMES, NUM_REGIONS
-from model.datasets.anatomy_sources import NamedBoxes
-from model.datasets.errors import DatasetError, DatasetProblem, option_error
-from model.datasets.records import Dataset, ImageRecord
-from model.datasets.scene_graph import parse_scene_graph
-from model.datasets.splits import split_name
-from model.datasets.tables import iter_csv
+from trainer.datasets.anatomy_sources import NamedBoxes
+from trainer.datasets.errors import DatasetError, DatasetProblem, option_error
+from trainer.datasets.records import Dataset, ImageRecord
+from trainer.datasets.scene_graph import parse_scene_graph
+from trainer.datasets.splits import split_name
+from trainer.datasets.tables import iter_csv
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +88,9 @@ def read_imagenome(scene_graph_dir: str | os.PathLike, mimic_jpg_dir: str | os.P
                                           "missing_images='skip' to leave such images out)", row=line,
                                           column="dicom_id"))
             continue
-        metadata = {"view": view.strip().upper()}
-        if graph.region_findings:
-            metadata["region_findings"] = graph.region_findings
         records.append(ImageRecord(dicom_id, image_path, row["subject_id"], row["split"], graph.findings,
-                                   NamedBoxes.from_mapping(graph.boxes), metadata))
+                                   NamedBoxes.from_mapping(graph.boxes), {"view": view.strip().upper()},
+                                   region_labels=graph.region_labels))
     if missing and missing_images == "error":
         problems += missing
     if problems:

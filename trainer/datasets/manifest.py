@@ -5,19 +5,19 @@ Columns (canonical names; a file's own names are mapped with ``columns={"patient
 - ``case_id``: default the image file's stem; ids must be unique.
 - ``patient_id``: rows without one are each their own patient.
 - ``split``: train/val/test, also written training, valid, validate, validation, dev, testing.
-  Without the column, patients are split with ``seed`` and ``split_fractions`` (`model.datasets.splits`).
+  Without the column, patients are split with ``seed`` and ``split_fractions`` (`trainer.datasets.splits`).
   When the column puts one patient in several splits, ``split_conflicts="error"`` refuses the file
   and ``"majority"`` moves each such patient wholly to the split holding most of their images.
-- ``labels``, plus any ``label_columns`` and ``yes_no_label_columns``: see `model.datasets.labels`.
+- ``labels``, plus any ``label_columns`` and ``yes_no_label_columns``: see `trainer.datasets.labels`.
 - anatomy: ``regions`` (JSON object of the 18 named boxes), or ``right_lung`` and ``left_lung``
   (optionally ``heart``), each a JSON box ``[x1, y1, x2, y2]`` in image pixels or a path to a binary
   mask (relative to the manifest); the 18 regions are derived from them.
 - ``width`` and ``height``: the image size, optional. When given, each row's anatomy is checked
   against it at once (problems then name the row), and the atlas needs no image headers.
 - ``view``: kept in the record's metadata.
-With ``regions="atlas"`` every image gets the 18 regions of a mean template (`model.datasets.atlas`)
+With ``regions="atlas"`` every image gets the 18 regions of a mean template (`trainer.datasets.atlas`)
 learned from, in order of preference: the manifest ``atlas_from``; this manifest's rows that have
-anatomy; the lung boxes of the radiographs bundled with the package (`model/samples`).
+anatomy; the lung boxes of the radiographs bundled with the package (`trainer/demo/cxr_lungbox`).
 Every problem with a row is reported at once, naming the file, line and column; nothing is read
 half-way.
 """
@@ -33,16 +33,16 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.datasets.anatomy_sources import AnatomySource, AtlasRegions, LungMasks
-from model.datasets.atlas import learn_atlas
-from model.datasets.errors import DatasetError, DatasetProblem, option_error
-from model.datasets.labels import DEFAULT_NO_LABEL_VALUES, DEFAULT_SEPARATORS, LabelRules, cell_text
-from model.datasets.manifest_anatomy import placement_problems, row_anatomy
-from model.datasets.records import Dataset, ImageRecord, patient_key
-from model.datasets.splits import (DEFAULT_FRACTIONS, checked_fractions, majority_splits, patient_splits,
+from trainer.datasets.anatomy_sources import AnatomySource, AtlasRegions, LungMasks
+from trainer.datasets.atlas import learn_atlas
+from trainer.datasets.errors import DatasetError, DatasetProblem, option_error
+from trainer.datasets.labels import DEFAULT_NO_LABEL_VALUES, DEFAULT_SEPARATORS, LabelRules, cell_text
+from trainer.datasets.manifest_anatomy import placement_problems, row_anatomy
+from trainer.datasets.records import Dataset, ImageRecord, patient_key
+from trainer.datasets.splits import (DEFAULT_FRACTIONS, checked_fractions, majority_splits, patient_splits,
                                    patients_in_several_splits, split_name)
-from model.datasets.tables import Table, read_table
-from model.sample_gallery import SAMPLE_DIR
+from trainer.datasets.tables import Table, read_table
+from trainer.demo.samples import SAMPLE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def _atlas(records: list[ImageRecord], source: str,
 
 @functools.cache
 def bundled_atlas() -> tuple[AtlasRegions, int]:
-    """The atlas of the radiographs bundled in model/samples (their expert lung boxes), and their count."""
+    """The atlas of the radiographs bundled in trainer/demo/cxr_lungbox (their expert lung boxes), and their count."""
     samples = read_manifest(SAMPLE_DIR / "manifest.csv", columns={"patient_id": "patientid"})
     return learn_atlas(samples.records, str(SAMPLE_DIR / "manifest.csv"))
 

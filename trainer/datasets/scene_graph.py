@@ -6,7 +6,8 @@ not used). Findings come from ``attributes``: each entry names a region (``bbox_
 ``attributes``, one list per report phrase of ``category|relation|name`` strings. A region is
 positive for one of the 9 catalogue findings when any string says ``yes`` for it; a ``no`` never
 clears an earlier ``yes`` (the research code let it). An image is positive for a finding when any
-of its 18 regions is; relations on other objects do not count.
+of its 18 regions is; relations on other objects do not count. The per-region findings are kept
+(`SceneGraph.region_labels`) for node-level supervision.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from numbers import Real
 
 from model.anatomy import Box
-from model.catalogue import FINDING_NAMES, REGION_INDEX
-from model.datasets.errors import DatasetError, DatasetProblem
+from model.catalogue import FINDING_NAMES, REGION_INDEX, REGION_NAMES
+from trainer.datasets.errors import DatasetError, DatasetProblem
 
 COORDINATE_KEYS = ("original_x1", "original_y1", "original_x2", "original_y2")
 POSITIVE_RELATION = "yes"
@@ -37,6 +38,11 @@ class SceneGraph:
         """The image's positive findings, in catalogue order."""
         positive = {finding for findings in self.region_findings.values() for finding in findings}
         return tuple(name for name in FINDING_NAMES if name in positive)
+
+    @property
+    def region_labels(self) -> tuple[tuple[str, ...], ...]:
+        """The positive findings of each of the 18 regions, regions in catalogue order."""
+        return tuple(self.region_findings.get(name, ()) for name in REGION_NAMES)
 
 
 def parse_scene_graph(document: object, source: str) -> SceneGraph:

@@ -11,8 +11,8 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from model.datasets.errors import option_error
-from model.datasets.records import SPLITS
+from trainer.datasets.errors import option_error
+from trainer.datasets.records import SPLITS
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
 SPLIT_ALIASES: dict[str, str] = {

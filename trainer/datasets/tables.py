@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from model.datasets.errors import DatasetError, DatasetProblem
+from trainer.datasets.errors import DatasetError, DatasetProblem
 
 CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")

@@ -1,12 +1,15 @@
 """The `chextriev demo` build: the bundled radiographs -> features -> a briefly trained model -> a
-published index snapshot -> a database of cases, all under one work directory, ready to serve.
+published index snapshot -> the cases handed to a case store, all under one work directory.
+
+The offline half is built here; the case store is the caller's (the service's demo command writes
+the cases into its database), so the trainer never imports the service.
 
 Work directory (default ./var/demo):
-- `features/`: EfficientNet-Lite0 features of the 48 radiographs (model.feature_cache);
-- `training/`: the training run; `training/checkpoint/` is the model (model.training);
+- `features/`: EfficientNet-Lite0 features of the 48 radiographs (trainer.feature_cache);
+- `training/`: the training run; `training/checkpoint/` is the model (trainer.training);
 - `index/`: the index store; the demo's snapshot holds every case's embedding, its 18 occlusion
   embeddings (so /saliency needs no network pass for a gallery case) and its patient group key;
-- `chextriev.db`: the SQLite service database with the 48 cases;
+- `chextriev.db`: the SQLite service database with the 48 cases, written by the case store;
 - `patient_salt`: the salt of the patient hashes (mode 0600), made once, unless CHEXTRIEV_PATIENT_SALT
   is set; group keys and stored hashes are HMACs under it, so the service must use the same salt;
 - `example_regions.json`: the 18 region boxes of the first bundled radiograph, for trying /search;
@@ -18,7 +21,7 @@ Each step reuses its artefact when the build record shows it was made from the s
 artefact is still there and sound; otherwise it builds it again (the owning modules write
 atomically). features: dataset and backbone; checkpoint: those and the model and training settings;
 snapshot: the checkpoint's fingerprint, the salt and the occlusion option; database: the bundled
-manifest's SHA-256, the salt and the newest migration. A crash leaves no record of the step it
+manifest's SHA-256, the salt and the case store's revision. A crash leaves no record of the step it
 interrupted, so the next build redoes that step.
 """
 
@@ -34,10 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from pydantic import SecretStr
 from tqdm import tqdm
 
 from index_store.errors import SnapshotError
@@ -45,27 +47,24 @@ from index_store.gallery import GalleryData
 from index_store.manifest import Manifest
 from index_store.store import list_snapshots, publish_gallery
 from model.backbones import Backbone, build_backbone
-from model.cached_embeddings import load_network_for, network_embeddings, patient_groups
 from model.catalogue import REGION_NAMES
 from model.checkpoint import read_checkpoint_info
 from model.config import ModelConfig
-from model.datasets.manifest import read_manifest
-from model.datasets.records import Dataset, ImageRecord
+from model.devices import select_device
 from model.embedder import Embedder
 from model.errors import ChextrievError
-from model.feature_cache import FeatureCache, FeatureCacheError, dataset_fingerprint, extract_features
 from model.feature_extractor import FeatureExtractor
 from model.fileio import atomic_write_bytes, sha256_file
 from model.imaging import decode_image
-from model.patient_keys import patient_group_keys, patient_hash
+from model.patient_keys import patient_group_keys
+from model.precision import dtype_named
 from model.saliency import occlusion_embeddings
-from model.sample_gallery import SAMPLE_DIR, load_sample_cases
-from model.training import CHECKPOINT_DIRNAME, TrainingConfig, train
-from service.db.migrate import current_revision, head_revision, upgrade
-from service.db.repository import CaseRecord, upsert_cases
-from service.db.session import make_engine, make_session_factory, session_scope
-from service.settings import Settings
-from service.state import DTYPES
+from trainer.cached_embeddings import load_network_for, network_embeddings, patient_groups
+from trainer.datasets.manifest import read_manifest
+from trainer.datasets.records import Dataset, ImageRecord
+from trainer.demo.samples import SAMPLE_DIR, load_sample_cases
+from trainer.feature_cache import FeatureCache, FeatureCacheError, dataset_fingerprint, extract_features
+from trainer.training import CHECKPOINT_DIRNAME, TrainingConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +84,11 @@ VARIANT = "V6"
 # A quarter of the paper's width, 4 heads, 2 layers: 1.7M parameters, about a second an epoch on two
 # CPU cores. Batches of 16 without accumulation give 3 optimiser steps an epoch from the 34 training
 # images, so the learning rate is 10x the paper's; 12 epochs, all run (patience = epochs), so the run
-# takes the same short time every time, and the epoch with the best validation AUC is kept.
+# takes the same short time every time, and the epoch with the best validation AUC is kept; the
+# learning rate drops only after 11 epochs without improvement.
 MODEL_SIZES = {"width": 256, "num_heads": 4, "head_dim": 64, "ff_dim": 512}
 TRAINING = TrainingConfig(lr=1e-3, batch_size=16, accumulate_grad_batches=1, max_epochs=12, patience=12,
-                          devices=1)
+                          lr_patience=10, devices=1)
 # The record keeps the HMAC of this message under the salt: it shows a changed salt, not the salt.
 SALT_CHECK_MESSAGE = "chextriev demo salt check"
 # Actions a step reports in the build record.
@@ -139,31 +139,66 @@ class DemoPaths:
 
 
 @dataclass(frozen=True)
-class DemoBuild:
-    """A finished build: the service settings over it, its record, and a radiograph to try it with."""
+class DemoCase:
+    """One gallery case as the service stores it: findings, the 18 region boxes, the image path
+    relative to the samples folder, size and licence metadata. `patient_id` is for the store to hash."""
 
-    settings: Settings
+    case_id: str
+    patient_id: str | None
+    findings: list[str]
+    region_boxes: list[list[float]]
+    image_path: str
+    width: int
+    height: int
+    metadata: dict[str, str]
+
+
+class CaseStore(Protocol):
+    """Where the demo's cases go (the service's database); the build's last step."""
+
+    def revision(self) -> str | None:
+        """The store's schema revision when it exists and is up to date; None when it must be filled."""
+
+    def fill(self, cases: list[DemoCase]) -> str:
+        """Write (insert or update) every case; return the store's revision."""
+
+
+@dataclass(frozen=True)
+class DemoBuild:
+    """A finished build: where it lives, its record, its salt, and a radiograph to try it with."""
+
+    paths: DemoPaths
     record: dict[str, Any]
+    salt: str
     example_image: Path
     example_regions: Path
 
 
-def build_demo(work_dir: str | os.PathLike = DEFAULT_WORK_DIR, *, rebuild: bool = False,
-               occlusion: bool = True) -> DemoBuild:
-    """Build (or reuse) every demo artefact under `work_dir` and return the service settings over them.
+@dataclass(frozen=True)
+class Compute:
+    """Where the demo embeds its gallery: a device name and a dtype name (model.precision)."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+def build_demo(work_dir: str | os.PathLike, case_store: Callable[[DemoPaths, str], CaseStore], *,
+               rebuild: bool = False, occlusion: bool = True, compute: Compute = Compute(),
+               configured_salt: str | None = None) -> DemoBuild:
+    """Build (or reuse) every demo artefact under `work_dir`; `case_store(paths, salt)` receives the cases.
 
     `rebuild` ignores the build record, so every step runs again; `occlusion=False` publishes the
     snapshot without occlusion embeddings (a faster first build; /saliency then computes them per
-    case). Raises ChextrievError, SnapshotError or a database error when a step fails; a failed build
+    case). `configured_salt` is the deployment's patient salt, else the work directory's is used.
+    Raises ChextrievError, SnapshotError or the case store's error when a step fails; a failed build
     records nothing, so the next one compares its inputs with the last finished build's.
     """
     started = time.perf_counter()
     paths = DemoPaths(Path(work_dir).resolve())
     paths.work_dir.mkdir(parents=True, exist_ok=True)
-    base = Settings()
-    if base.dtype not in DTYPES:
-        raise ChextrievError(f"CHEXTRIEV_DTYPE={base.dtype!r} is not one of {', '.join(DTYPES)}")
-    salt = demo_salt(paths, base.patient_salt)
+    dtype_named(compute.dtype)  # an unknown name stops the build before any work
+    salt = demo_salt(paths, configured_salt)
+    store = case_store(paths, salt)
     previous = {} if rebuild else read_build_record(paths.record)
     dataset = demo_dataset()
     backbone = build_backbone(BACKBONE)
@@ -176,7 +211,7 @@ def build_demo(work_dir: str | os.PathLike = DEFAULT_WORK_DIR, *, rebuild: bool 
         "backbone_fingerprint": backbone.fingerprint,
         "training": {"model": model_config.to_dict(), "training": TRAINING.to_dict()},
         "salt_check": patient_group_keys([SALT_CHECK_MESSAGE], salt)[0],
-        "embedder": {"device": base.device, "dtype": base.dtype},
+        "embedder": {"device": compute.device, "dtype": compute.dtype},
     }
     same = _same_inputs(previous, record)
     logger.info("demo build started", extra={"work_dir": str(paths.work_dir), "rebuild": rebuild,
@@ -185,7 +220,7 @@ def build_demo(work_dir: str | os.PathLike = DEFAULT_WORK_DIR, *, rebuild: bool 
     cache = _run_step(
         steps, "features",
         lambda: _complete_cache(paths.features) if same("dataset_fingerprint", "backbone_fingerprint") else None,
-        lambda: _extract_features(paths.features, dataset, backbone, base.device))
+        lambda: _extract_features(paths.features, dataset, backbone, compute.device))
     fingerprint = _run_step(
         steps, "checkpoint",
         lambda: (_checkpoint_fingerprint(paths.checkpoint, previous.get("checkpoint_fingerprint"))
@@ -195,12 +230,12 @@ def build_demo(work_dir: str | os.PathLike = DEFAULT_WORK_DIR, *, rebuild: bool 
         steps, "snapshot",
         lambda: (_published_snapshot(paths.index_store, previous.get("snapshot_version"), fingerprint, occlusion)
                  if same("salt_check", "embedder") else None),
-        lambda: _publish_gallery(paths, dataset, cache, backbone, salt, occlusion, base))
+        lambda: _publish_gallery(paths, dataset, cache, backbone, salt, occlusion, compute))
     revision = _run_step(
         steps, "database",
-        lambda: (_current_database(paths, previous.get("db_revision"))
+        lambda: (_current_cases(paths, store, previous.get("db_revision"))
                  if same("manifest_sha256", "salt_check") else None),
-        lambda: _fill_database(paths, dataset, salt))
+        lambda: _fill_cases(paths, dataset, store))
     record.update({
         "checkpoint_fingerprint": fingerprint,
         "snapshot_version": manifest.version,
@@ -215,8 +250,7 @@ def build_demo(work_dir: str | os.PathLike = DEFAULT_WORK_DIR, *, rebuild: bool 
     logger.info("demo build finished", extra={"work_dir": str(paths.work_dir), "steps": steps,
                                               "snapshot_version": manifest.version, "cases": manifest.count,
                                               "seconds": record["seconds"]})
-    return DemoBuild(settings=demo_settings(paths, salt, manifest.version),
-                     record=record, example_image=dataset.records[0].image_path,
+    return DemoBuild(paths=paths, record=record, salt=salt, example_image=dataset.records[0].image_path,
                      example_regions=paths.example_regions)
 
 
@@ -227,18 +261,10 @@ def demo_dataset() -> Dataset:
                          yes_no_label_columns=YES_NO_LABEL_COLUMNS, split_fractions=SPLIT_FRACTIONS)
 
 
-def demo_settings(paths: DemoPaths, salt: str, snapshot_version: str, **overrides: Any) -> Settings:
-    """Service settings over a demo build; the rest (admin token, device, limits) from CHEXTRIEV_*."""
-    values = {"database_url": paths.database_url, "index_store": str(paths.index_store),
-              "checkpoint": str(paths.checkpoint), "image_root": str(SAMPLE_DIR),
-              "patient_salt": SecretStr(salt), "active_version": snapshot_version}
-    return Settings(**{**values, **overrides})
-
-
-def demo_salt(paths: DemoPaths, configured: SecretStr | None) -> str:
+def demo_salt(paths: DemoPaths, configured: str | None) -> str:
     """The configured patient salt, else the work directory's, else a new random one saved there (0600)."""
     if configured is not None:
-        return configured.get_secret_value()
+        return configured
     if paths.salt.is_file():
         return paths.salt.read_text().strip()
     salt = secrets.token_hex(32)
@@ -289,7 +315,7 @@ def _complete_cache(directory: Path) -> FeatureCache | None:
 
 def _extract_features(directory: Path, dataset: Dataset, backbone: Backbone, device: str) -> FeatureCache:
     shutil.rmtree(directory, ignore_errors=True)
-    extractor = FeatureExtractor(backbone, device=device)
+    extractor = FeatureExtractor(backbone, device=select_device(device))
     return extract_features(dataset, extractor, directory, num_workers=0)
 
 
@@ -325,14 +351,14 @@ def _published_snapshot(store: Path, version: str | None, fingerprint: str, occl
 
 
 def _publish_gallery(paths: DemoPaths, dataset: Dataset, cache: FeatureCache, backbone: Backbone, salt: str,
-                     occlusion: bool, settings: Settings) -> Manifest:
+                     occlusion: bool, compute: Compute) -> Manifest:
     """Embed every case (from the cached features), add its occlusion embeddings and group key, publish."""
     rows = np.flatnonzero(cache.usable)
     network, info = load_network_for(cache, paths.checkpoint)
-    embedder = Embedder(backbone, network, info.fingerprint, device=settings.device,
-                        dtype=DTYPES[settings.dtype])
+    embedder = Embedder(backbone, network, info.fingerprint, device=select_device(compute.device),
+                        dtype=dtype_named(compute.dtype))
     gallery = GalleryData(
-        embeddings=network_embeddings(embedder.network, cache, rows, device=settings.device).astype(np.float32),
+        embeddings=network_embeddings(embedder.network, cache, rows, device=compute.device).astype(np.float32),
         case_ids=tuple(str(case_id) for case_id in cache.case_ids[rows]),
         group_keys=tuple(patient_group_keys(patient_groups(cache, rows), salt)),
     )
@@ -353,44 +379,36 @@ def gallery_occlusions(embedder: Embedder, records: list[ImageRecord]) -> np.nda
     return np.stack(occluded).astype(np.float32)
 
 
-def _current_database(paths: DemoPaths, recorded: str | None) -> str | None:
-    """The database's revision when it is the recorded one and the newest, and the example is there."""
-    if not paths.database.is_file() or not paths.example_regions.is_file():
+def _current_cases(paths: DemoPaths, store: CaseStore, recorded: str | None) -> str | None:
+    """The store's revision when it is up to date and the recorded one, and the example is there."""
+    if not paths.example_regions.is_file():
         return None
-    revision = current_revision(paths.database_url)
-    return revision if revision is not None and revision == recorded == head_revision() else None
+    revision = store.revision()
+    return revision if revision is not None and revision == recorded else None
 
 
-def _fill_database(paths: DemoPaths, dataset: Dataset, salt: str) -> str:
-    """Migrate the database, upsert every case, and write the example regions file."""
-    revision = upgrade(paths.database_url)
-    cases = case_records(dataset, salt)
-    engine = make_engine(paths.database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            counts = upsert_cases(session, cases)
-    finally:
-        engine.dispose()
-    logger.info("demo cases recorded", extra={"inserted": counts.inserted, "updated": counts.updated})
+def _fill_cases(paths: DemoPaths, dataset: Dataset, store: CaseStore) -> str:
+    """Hand every case to the store, and write the example regions file."""
+    cases = demo_cases(dataset)
+    revision = store.fill(cases)
     example = cases[0]
     regions = dict(zip(REGION_NAMES, example.region_boxes))
     atomic_write_bytes(paths.example_regions, json.dumps(regions, indent=2).encode())
     return revision
 
 
-def case_records(dataset: Dataset, salt: str) -> list[CaseRecord]:
-    """The database rows of the bundled cases: findings, the 18 derived region boxes, the image path
-    relative to the samples folder, and licence metadata; the patient only as a salted hash."""
+def demo_cases(dataset: Dataset) -> list[DemoCase]:
+    """The bundled cases as the service stores them: findings, the 18 derived region boxes, the image
+    path relative to the samples folder, and licence metadata."""
     samples = {case.case_id: case for case in load_sample_cases()}
     cases = []
     for record in dataset.records:
         image = decode_image(record.image_path)
         boxes = record.anatomy.boxes(image.width, image.height)
         metadata = {key: value for key, value in samples[record.case_id].metadata.items() if value}
-        cases.append(CaseRecord(
+        cases.append(DemoCase(
             case_id=record.case_id,
-            patient_hash=patient_hash(record.patient_id, salt) if record.patient_id else None,
-            study_uid=None, series_uid=None, sop_uid=None,
+            patient_id=record.patient_id or None,
             findings=list(record.labels),
             region_boxes=boxes.tolist(),
             image_path=record.image_path.relative_to(SAMPLE_DIR).as_posix(),

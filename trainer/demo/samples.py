@@ -1,4 +1,4 @@
-"""The openly licensed radiographs bundled with the package (see samples/cxr_lungbox/ATTRIBUTION.md)."""
+"""The openly licensed radiographs bundled with the package (see trainer/demo/cxr_lungbox/ATTRIBUTION.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from model.anatomy import validate_regions
 from model.imaging import decode_image
 from model.region_derivation import derive_regions
 
-SAMPLE_DIR = Path(__file__).parent / "samples" / "cxr_lungbox"
+SAMPLE_DIR = Path(__file__).parent / "cxr_lungbox"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Parameter-free retrieval baselines of the paper: global CNN and V0 (mean of region features)."""
+"""Parameter-free retrieval baselines of the paper: the global CNN, and the region mean (the mean of the
+raw region features, which the paper calls V0; this project keeps "V0" for the trained zero-layer variant)."""
 
 from __future__ import annotations
 
@@ -12,5 +13,5 @@ def global_cnn_embeddings(whole_image_features: torch.Tensor) -> torch.Tensor:
 
 
 def region_mean_embeddings(region_features: torch.Tensor) -> torch.Tensor:
-    """V0 baseline: mean over the 18 region features, L2-normalised. (B, 18, F) -> (B, F)."""
+    """Region-mean baseline: mean over the 18 region features, L2-normalised. (B, 18, F) -> (B, F)."""
     return F.normalize(region_features.float().mean(dim=1), dim=-1)

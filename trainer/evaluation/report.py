@@ -1,11 +1,13 @@
-"""Paper-style retrieval evaluation of cached features: CheXtriev against global CNN and V0.
+"""Paper-style retrieval evaluation of cached features: CheXtriev against the global CNN and the
+region mean (the parameter-free mean of the raw region features).
 
 The split under test is both the queries and the gallery (the paper's protocol): every image
-retrieves its top-k among the others of the split by cosine similarity, never itself (by case id)
-and, on request, never an image of the same patient. For each k it reports per-finding AP/HR/RR,
-Mean and wMean twice, honestly (zero-hit queries count as 0) and with zero-hit queries skipped as
-the research code's `skip` did, plus paired t-tests of CheXtriev against each baseline per finding
-(model.significance). `write_report` writes the JSON (everything) and the Markdown tables.
+retrieves its top-k among the others of the split by cosine similarity, never itself (by case id).
+Each k is scored over all images and over other patients' images only (trainer.evaluation.results),
+with per-finding AP/HR/RR, Mean and wMean counted honestly (zero-hit queries count as 0) and, for
+comparison with the research code's tables, with zero-hit queries skipped as its `skip` did; plus
+paired t-tests of CheXtriev against each baseline per finding (trainer.evaluation.significance).
+`write_report` writes the JSON (everything) and the Markdown tables.
 """
 
 from __future__ import annotations
@@ -13,25 +15,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from model.cached_embeddings import (BASELINES, CHEXTRIEV, baseline_embeddings, load_network_for,
-                                     network_embeddings, patient_groups)
-from model.checkpoint import BackboneRecord
 from model.errors import ChextrievError
-from model.evaluation_markdown import render_markdown
-from model.feature_cache import FeatureCache
 from model.fileio import atomic_write_bytes
-from model.metrics import RetrievalReport, evaluate_retrieval, query_scores, rank_by_cosine
-from model.significance import SIGNIFICANCE_LEVEL, PairedTest, paired_tests
+from trainer.cached_embeddings import (
+    BASELINES,
+    CHEXTRIEV,
+    baseline_embeddings,
+    load_network_for,
+    network_embeddings,
+    patient_groups,
+)
+from trainer.evaluation.markdown import render_markdown
+from trainer.evaluation.metrics import evaluate_retrieval, query_scores, rank_by_cosine
+from trainer.evaluation.results import EvaluationResult, KEvaluation
+from trainer.evaluation.significance import PairedTest, paired_tests
+from trainer.feature_cache import FeatureCache
 
 logger = logging.getLogger(__name__)
 
-REPORT_FORMAT = "chextriev-evaluation/1"
 JSON_FILE = "evaluation.json"
 MARKDOWN_FILE = "evaluation.md"
 
@@ -40,88 +47,8 @@ class EvaluationInputError(ChextrievError, ValueError):
     """The evaluation was asked for something the feature cache cannot give (k, too few images)."""
 
 
-@dataclass(frozen=True)
-class KEvaluation:
-    """Everything measured at one k, per method in EvaluationResult.methods order."""
-
-    k: int
-    reports: dict[str, RetrievalReport]  # zero-hit queries count as 0: the honest numbers
-    skipped_reports: dict[str, RetrievalReport]  # zero-hit queries left out, as the research code's `skip`
-    tests: tuple[PairedTest, ...]  # CheXtriev against each baseline, per finding; empty without a checkpoint
-
-    def test(self, baseline: str, finding: str) -> PairedTest:
-        """The paired test of CheXtriev against `baseline` on `finding`."""
-        return next(t for t in self.tests if t.baseline == baseline and t.finding == finding)
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict, the honest reports first."""
-        return {
-            "k": self.k,
-            "zero_hit_counted": {name: report.to_dict() for name, report in self.reports.items()},
-            "zero_hit_skipped": {name: report.to_dict() for name, report in self.skipped_reports.items()},
-            "paired_tests": [test.to_dict() for test in self.tests],
-        }
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """The whole evaluation of one split of one feature cache."""
-
-    dataset: str
-    split: str
-    regions_source: str
-    backbone: BackboneRecord
-    checkpoint_fingerprint: str | None
-    model_variant: str | None
-    exclude_same_patient: bool
-    num_queries: int
-    images_without_patient_id: int
-    label_names: tuple[str, ...]
-    absent_classes: tuple[str, ...]  # no positive query in the split
-    methods: tuple[str, ...]  # baselines first, CheXtriev last (as in the paper's Table 2)
-    per_k: tuple[KEvaluation, ...]
-
-    @property
-    def atlas_regions(self) -> bool:
-        """True when the regions were placed from the atlas template, not annotated per image."""
-        return self.regions_source == "atlas"
-
-    def to_dict(self) -> dict:
-        """Everything, JSON-ready (NaN becomes None)."""
-        return {
-            "format": REPORT_FORMAT,
-            "dataset": self.dataset,
-            "split": self.split,
-            "regions_source": self.regions_source,
-            "atlas_regions": self.atlas_regions,
-            "backbone": asdict(self.backbone),
-            "checkpoint_fingerprint": self.checkpoint_fingerprint,
-            "model_variant": self.model_variant,
-            "ks": [evaluation.k for evaluation in self.per_k],
-            "protocol": {
-                "queries_and_gallery": f"every usable image of split '{self.split}'",
-                "similarity": "cosine (inner product of L2-normalised embeddings)",
-                "self_exclusion": "by case id",
-                "exclude_same_patient": self.exclude_same_patient,
-                "images_without_patient_id": self.images_without_patient_id,
-                "paired_test": "scipy.stats.ttest_rel, two-sided, over each finding's positive queries "
-                               "with zero-hit queries counted as 0",
-                "significance_level": SIGNIFICANCE_LEVEL,
-            },
-            "num_queries": self.num_queries,
-            "label_names": list(self.label_names),
-            "absent_classes": list(self.absent_classes),
-            "methods": list(self.methods),
-            "results": [evaluation.to_dict() for evaluation in self.per_k],
-        }
-
-    def to_markdown(self) -> str:
-        """Tables like the paper's Table 2, the honest ones first, with the p-values."""
-        return render_markdown(self)
-
-
 def evaluate(cache: FeatureCache, checkpoint_dir: str | os.PathLike | None, *, ks: Sequence[int] = (5,),
-             split: str = "test", exclude_same_patient: bool = False, device: str = "auto") -> EvaluationResult:
+             split: str = "test", device: str = "auto") -> EvaluationResult:
     """Evaluate the baselines, and CheXtriev when a checkpoint is given, on `split` of `cache`."""
     ks = _checked_ks(ks)
     rows = cache.indices(split)
@@ -135,7 +62,7 @@ def evaluate(cache: FeatureCache, checkpoint_dir: str | os.PathLike | None, *, k
         embeddings[CHEXTRIEV] = network_embeddings(network, cache, rows, device=device)
     labels = cache.labels[rows]
     ids = cache.case_ids[rows].tolist()
-    groups = patient_groups(cache, rows) if exclude_same_patient else None
+    groups = patient_groups(cache, rows)
     result = EvaluationResult(
         dataset=cache.dataset_name,
         split=split,
@@ -143,8 +70,8 @@ def evaluate(cache: FeatureCache, checkpoint_dir: str | os.PathLike | None, *, k
         backbone=cache.backbone,
         checkpoint_fingerprint=None if checkpoint is None else checkpoint.fingerprint,
         model_variant=None if checkpoint is None else checkpoint.model_config.variant,
-        exclude_same_patient=exclude_same_patient,
         num_queries=len(rows),
+        num_patients=len(set(groups)),
         images_without_patient_id=sum(cache.patient_ids[row] in (None, "") for row in rows),
         label_names=cache.label_names,
         absent_classes=tuple(name for name, count in zip(cache.label_names, labels.sum(axis=0)) if count == 0),
@@ -152,27 +79,27 @@ def evaluate(cache: FeatureCache, checkpoint_dir: str | os.PathLike | None, *, k
         per_k=tuple(evaluate_methods(embeddings, labels, ids, k, cache.label_names, groups) for k in ks),
     )
     logger.info("evaluation finished", extra={
-        "dataset": result.dataset, "split": split, "queries": result.num_queries, "ks": list(ks),
-        "methods": list(result.methods), "exclude_same_patient": exclude_same_patient,
-        "regions_source": result.regions_source})
+        "dataset": result.dataset, "split": split, "queries": result.num_queries, "patients": result.num_patients,
+        "ks": list(ks), "methods": list(result.methods), "regions_source": result.regions_source})
     return result
 
 
 def evaluate_methods(embeddings: Mapping[str, np.ndarray], labels: np.ndarray, ids: Sequence[str], k: int,
                      label_names: Sequence[str], groups: Sequence[str] | None = None) -> KEvaluation:
     """Score each method's embeddings (N, D) of one query-and-gallery set at k; with a CHEXTRIEV entry,
-    test it against every BASELINES entry present (per finding, over its positive queries)."""
+    test it against every BASELINES entry present (per finding, over its positive queries). With
+    patient `groups`, score the "other patients only" scope too, where every query has k candidates."""
     names = tuple(label_names)
-    ranked = {method: rank_by_cosine(vectors, ids, k, groups) for method, vectors in embeddings.items()}
+    ranked = {method: rank_by_cosine(vectors, ids, k) for method, vectors in embeddings.items()}
     reports = {method: evaluate_retrieval(labels, labels, r, names) for method, r in ranked.items()}
     skipped = {method: evaluate_retrieval(labels, labels, r, names, skip_zero_hit=True)
                for method, r in ranked.items()}
-    tests: tuple[PairedTest, ...] = ()
-    if CHEXTRIEV in ranked:
-        ours = query_scores(labels, labels, ranked[CHEXTRIEV])
-        for baseline in (name for name in BASELINES if name in ranked):
-            tests += paired_tests(names, CHEXTRIEV, ours, baseline, query_scores(labels, labels, ranked[baseline]))
-    return KEvaluation(k, reports, skipped, tests)
+    other_reports, other_tests = None, ()
+    if groups is not None and _every_query_has_k_other_patient_images(groups, k):
+        other_ranked = {method: rank_by_cosine(vectors, ids, k, groups) for method, vectors in embeddings.items()}
+        other_reports = {method: evaluate_retrieval(labels, labels, r, names) for method, r in other_ranked.items()}
+        other_tests = _chextriev_tests(other_ranked, labels, names)
+    return KEvaluation(k, reports, skipped, _chextriev_tests(ranked, labels, names), other_reports, other_tests)
 
 
 def write_report(result: EvaluationResult, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -180,8 +107,25 @@ def write_report(result: EvaluationResult, out_dir: str | os.PathLike) -> tuple[
     out = Path(out_dir)
     json_path, markdown_path = out / JSON_FILE, out / MARKDOWN_FILE
     atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=2, allow_nan=False).encode())
-    atomic_write_bytes(markdown_path, result.to_markdown().encode())
+    atomic_write_bytes(markdown_path, render_markdown(result).encode())
     return json_path, markdown_path
+
+
+def _chextriev_tests(ranked: Mapping[str, np.ndarray], labels: np.ndarray,
+                     names: tuple[str, ...]) -> tuple[PairedTest, ...]:
+    """CheXtriev's paired tests against each baseline present; none without CheXtriev."""
+    if CHEXTRIEV not in ranked:
+        return ()
+    ours = query_scores(labels, labels, ranked[CHEXTRIEV])
+    tests: tuple[PairedTest, ...] = ()
+    for baseline in (name for name in BASELINES if name in ranked):
+        tests += paired_tests(names, CHEXTRIEV, ours, baseline, query_scores(labels, labels, ranked[baseline]))
+    return tests
+
+
+def _every_query_has_k_other_patient_images(groups: Sequence[str], k: int) -> bool:
+    counts = Counter(groups)
+    return len(groups) - max(counts.values()) >= k
 
 
 def _checked_ks(ks: Sequence[int]) -> tuple[int, ...]:

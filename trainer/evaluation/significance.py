@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import ttest_rel
 
 from model.errors import MetricsInputError
-from model.metrics import QueryScores, Scores
+from trainer.evaluation.metrics import QueryScores, Scores
 
 SIGNIFICANCE_LEVEL = 0.05
 METRICS: tuple[str, ...] = ("ap", "hr", "rr")

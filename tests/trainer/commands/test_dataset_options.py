@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from model.datasets import DatasetError, read_manifest
-from model.sample_gallery import SAMPLE_DIR
-from service.commands.dataset_options import add_dataset_arguments, dataset_from_args
+from trainer.commands.dataset_options import add_dataset_arguments, dataset_from_args
+from trainer.datasets import DatasetError, read_manifest
+from trainer.demo.samples import SAMPLE_DIR
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "imagenome"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "imagenome"
 # The options that load the real sets of ../shared/data (as given in README).
 REAL_SET_OPTIONS = {
     "cxr-lungbox": ("--column patient_id=patientid --label-column finding "

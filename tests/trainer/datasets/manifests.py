@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from model.sample_gallery import SampleCase
+from trainer.demo.samples import SampleCase
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

@@ -7,12 +7,12 @@ import pytest
 
 from model.anatomy import validate_regions
 from model.catalogue import REGION_INDEX
-from model.datasets import AtlasRegions, DatasetError, read_manifest
-from model.datasets.manifest import bundled_atlas
+from trainer.datasets import AtlasRegions, DatasetError, read_manifest
+from trainer.datasets.manifest import bundled_atlas
 from model.errors import RegionError
-from model.sample_gallery import SAMPLE_DIR
-from model.sample_gallery import sample_case_input
-from tests.model.datasets.manifests import lung_row, write_csv
+from trainer.demo.samples import SAMPLE_DIR
+from trainer.demo.samples import sample_case_input
+from tests.trainer.datasets.manifests import lung_row, write_csv
 
 
 def test_the_bundled_atlas_is_the_mean_of_the_sample_regions_as_image_fractions(sample_cases):

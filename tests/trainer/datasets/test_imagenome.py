@@ -5,30 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model.catalogue import FINDING_NAMES, REGION_NAMES
-from model.datasets import DatasetError, NamedBoxes, read_imagenome
+from model.catalogue import FINDING_NAMES, REGION_INDEX, REGION_NAMES
+from trainer.datasets import Dataset, DatasetError, NamedBoxes, read_imagenome
 from model.imaging import decode_image
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "imagenome"
-SPLIT_CSV = "mimic-cxr-2.0.0-split.csv"
-METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
-# The fixture images (see the split file): A and C share a patient; B is a lateral view with no
-# scene graph; D lacks the trachea box; F is a left-lateral view; A and G say "no" after "yes".
-A = "ae14a734-e0499fa8-e3e29150-e55f1889-fba3c2fe"
-C = "16fd2b36-ee95c51d-e2af8fd4-5fad92d1-97ca6f97"
-D = "d670a37a-ebf3d71f-32d8cde8-9d1c9222-2faa1090"
-E = "37ce3299-abe6d49c-4c6b9a25-56fecb2c-9e56670f"
-F = "ca71758a-919daa20-0aa6b9a1-bb4f8268-b7d2c35d"
-G = "71fc219f-cfa24a08-1269321c-f256484e-17da1df5"
-
-
-def read(root: Path = FIXTURES, **options):
-    return read_imagenome(root / "scene_graph", root, root / SPLIT_CSV, **options)
+from tests.trainer.datasets.imagenome_fixtures import A, C, E, FIXTURES, G, METADATA_CSV, SPLIT_CSV, read
 
 
 @pytest.fixture
@@ -59,7 +45,7 @@ def test_a_later_no_does_not_clear_an_earlier_yes():
     by_id = {record.case_id: record for record in read().records}
     # A: right costophrenic angle says yes, then no, to pleural effusion; G likewise for atelectasis.
     assert by_id[A].labels == ("lung opacity", "pleural effusion")
-    assert by_id[A].metadata["region_findings"]["right costophrenic angle"] == ("pleural effusion",)
+    assert by_id[A].region_labels[REGION_INDEX["right costophrenic angle"]] == ("pleural effusion",)
     assert by_id[G].labels == ("atelectasis", "pneumothorax")
     assert by_id[E].labels == ("enlarged cardiac silhouette", "pulmonary edema/hazy opacity",
                                "fluid overload/heart failure")
@@ -69,7 +55,7 @@ def test_only_the_18_regions_make_an_image_positive():
     by_id = {record.case_id: record for record in read().records}
     # C's only "yes" (pleural effusion) is on the left hemidiaphragm, not one of the 18 regions.
     assert by_id[C].labels == ()
-    assert "region_findings" not in by_id[C].metadata
+    assert by_id[C].region_labels == ((),) * len(REGION_NAMES)
 
 
 def test_label_matrix_follows_the_finding_order():
@@ -80,6 +66,32 @@ def test_label_matrix_follows_the_finding_order():
                                                   FINDING_NAMES.index("pleural effusion")]
     assert not matrix[1].any()
     assert [r.case_id for r in dataset.split("val")] == [E]
+
+
+def test_region_labels_are_the_yes_attributes_of_each_region_in_catalogue_order():
+    dataset = read()
+    matrix = dataset.region_label_matrix()
+    assert matrix.shape == (4, len(REGION_NAMES), len(FINDING_NAMES)) and matrix.dtype == bool
+    assert dataset.records[0].case_id == A
+    # A's scene graph says yes to lung opacity on the left mid lung zone and the left lung, and to
+    # pleural effusion on the right costophrenic angle (then no, which does not clear it); nothing else.
+    positive = {(REGION_NAMES[region], FINDING_NAMES[finding]) for region, finding in zip(*np.nonzero(matrix[0]))}
+    assert positive == {("left mid lung zone", "lung opacity"), ("left lung", "lung opacity"),
+                        ("right costophrenic angle", "pleural effusion")}
+    assert dataset.records[0].region_labels[REGION_INDEX["left lung"]] == ("lung opacity",)
+    np.testing.assert_array_equal(matrix.any(axis=1), dataset.label_matrix())  # positive where a region is
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"region_labels": None}, "every record has region labels or none"),
+    ({"region_labels": ((),) * 17}, "17 regions, expected 18"),
+    ({"labels": ("lung opacity",)}, "region labels \\['pleural effusion'\\] are not among the image's labels"),
+])
+def test_a_dataset_refuses_region_labels_that_do_not_fit(change, message):
+    dataset = read()
+    records = [replace(dataset.records[0], **change), *dataset.records[1:]]
+    with pytest.raises(ValueError, match=message):
+        Dataset(dataset.name, dataset.label_names, records, dataset.regions_source)
 
 
 def test_boxes_are_the_original_pixel_coordinates_in_catalogue_order():

@@ -10,11 +10,11 @@ from PIL import Image, ImageDraw
 
 from model.anatomy import validate_regions
 from model.catalogue import REGION_NAMES
-from model.datasets import DatasetError, LungBoxes, LungMasks, NamedBoxes, read_manifest
+from trainer.datasets import DatasetError, LungBoxes, LungMasks, NamedBoxes, read_manifest
 from model.region_derivation import derive_regions_from_masks
-from model.sample_gallery import SAMPLE_DIR
-from model.sample_gallery import sample_case_input
-from tests.model.datasets.manifests import lung_row, write_csv, write_jsonl
+from trainer.demo.samples import SAMPLE_DIR
+from trainer.demo.samples import sample_case_input
+from tests.trainer.datasets.manifests import lung_row, write_csv, write_jsonl
 
 SAMPLE_MANIFEST = SAMPLE_DIR / "manifest.csv"
 SAMPLE_OPTIONS = {"columns": {"patient_id": "patientid"}, "label_columns": ("finding",),
@@ -36,6 +36,7 @@ def test_reads_the_bundled_sample_manifest(sample_cases):
         assert record.metadata["view"] == case.metadata["view"]
     assert dataset.label_names[-2:] == ("intubated", "went_icu")
     assert list(dataset.label_names[:-2]) == sorted(dataset.label_names[:-2])
+    assert not dataset.has_region_labels and dataset.region_label_matrix() is None  # image labels only
 
 
 def test_lung_boxes_give_the_derived_regions_of_the_decoded_image(sample_cases):

@@ -7,8 +7,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from model.datasets import DatasetError, LungBoxes, LungMasks, read_manifest
-from model.datasets.splits import patients_in_several_splits
+from trainer.datasets import DatasetError, LungBoxes, LungMasks, read_manifest
+from trainer.datasets.splits import patients_in_several_splits
 from model.imaging import decode_image
 
 CXR_LUNGBOX_OPTIONS = {"columns": {"patient_id": "patientid"}, "label_columns": ("finding",),

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from model.datasets import DatasetError
-from model.datasets.splits import majority_splits, patient_splits, patients_in_several_splits, split_name
+from trainer.datasets import DatasetError
+from trainer.datasets.splits import majority_splits, patient_splits, patients_in_several_splits, split_name
 
 
 def test_split_names_as_datasets_write_them():

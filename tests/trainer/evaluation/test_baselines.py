@@ -1,4 +1,4 @@
-"""The parameter-free baselines (global CNN, V0) on real bundled radiographs."""
+"""The parameter-free baselines (global CNN, region mean) on real bundled radiographs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from model.backbones import build_backbone
-from model.baselines import global_cnn_embeddings, region_mean_embeddings
 from model.feature_extractor import FeatureExtractor
-from model.sample_gallery import sample_case_input
+from trainer.demo.samples import sample_case_input
+from trainer.evaluation.baselines import global_cnn_embeddings, region_mean_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.errors import ChextrievError
-from model.metrics import (
+from trainer.evaluation.metrics import (
     MetricsInputError,
     average_precision,
     evaluate_embeddings,

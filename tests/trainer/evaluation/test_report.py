@@ -12,21 +12,22 @@ import torch
 
 from index_store.gallery import read_gallery_npz
 from model.backbones import build_backbone
-from model.cached_embeddings import BASELINES, CHEXTRIEV, GLOBAL_CNN, V0, network_embeddings
 from model.checkpoint import BackboneRecord, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
-from model.datasets.manifest import read_manifest
 from model.errors import CheckpointError
-from model.evaluation import (EvaluationInputError, EvaluationResult, evaluate, evaluate_methods,
-                              write_report)
-from model.feature_cache import FeatureCache, FeatureCacheError, extract_features
 from model.feature_extractor import FeatureExtractor
-from model.gallery_export import GalleryExportError, export_gallery
-from model.metrics import query_scores
 from model.network import CheXtriev
-from model.sample_gallery import SAMPLE_DIR
-from model.significance import paired_p_value, paired_tests
 from service.cli import main
+from trainer.cached_embeddings import BASELINES, CHEXTRIEV, GLOBAL_CNN, REGION_MEAN, network_embeddings
+from trainer.datasets.manifest import read_manifest
+from trainer.demo.samples import SAMPLE_DIR
+from trainer.evaluation.markdown import render_markdown
+from trainer.evaluation.metrics import query_scores
+from trainer.evaluation.report import EvaluationInputError, evaluate, evaluate_methods, write_report
+from trainer.evaluation.results import EvaluationResult
+from trainer.evaluation.significance import paired_p_value, paired_tests
+from trainer.feature_cache import FeatureCache, FeatureCacheError, extract_features
+from trainer.gallery_export import GalleryExportError, export_gallery
 
 # Test split: five patients with two radiographs each; one more image in train.
 TEST_CASES = ("cxrlb-0310", "cxrlb-0311", "cxrlb-0319", "cxrlb-0320", "cxrlb-0312", "cxrlb-0313",
@@ -71,7 +72,7 @@ def result(cache, checkpoint) -> EvaluationResult:
 
 
 def test_every_method_is_scored_on_the_test_split(result, cache, checkpoint):
-    assert result.methods == (GLOBAL_CNN, V0, CHEXTRIEV)
+    assert result.methods == (GLOBAL_CNN, REGION_MEAN, CHEXTRIEV)
     assert [evaluation.k for evaluation in result.per_k] == [3, 5]
     assert result.num_queries == len(TEST_CASES)
     assert result.checkpoint_fingerprint == load_checkpoint(checkpoint)[1].fingerprint
@@ -97,10 +98,10 @@ def test_every_method_is_scored_on_the_test_split(result, cache, checkpoint):
 
 def test_without_a_checkpoint_only_the_baselines_are_scored(cache, result):
     baselines = evaluate(cache, None, ks=(5,), device="cpu")
-    assert baselines.methods == (GLOBAL_CNN, V0)
+    assert baselines.methods == (GLOBAL_CNN, REGION_MEAN)
     assert baselines.checkpoint_fingerprint is None and baselines.per_k[0].tests == ()
-    assert baselines.per_k[0].reports[V0] == result.per_k[1].reports[V0]
-    assert "baselines only" in baselines.to_markdown()
+    assert baselines.per_k[0].reports[REGION_MEAN] == result.per_k[1].reports[REGION_MEAN]
+    assert "baselines only" in render_markdown(baselines)
 
 
 def test_the_split_is_queries_and_gallery_and_each_query_never_retrieves_itself(cache):
@@ -117,8 +118,7 @@ def test_same_patient_exclusion_leaves_out_the_other_radiograph_of_the_patient(c
     n = len(TEST_CASES)
     rows = cache.indices("test")
     labels, patients = cache.labels[rows], cache.patient_ids[rows]
-    excluded = evaluate(cache, None, ks=(n - 2,), exclude_same_patient=True, device="cpu")
-    included = evaluate(cache, None, ks=(n - 2,), device="cpu")
+    evaluation = evaluate(cache, None, ks=(n - 2,), device="cpu").per_k[0]
     for c in range(len(cache.label_names)):
         positive = np.flatnonzero(labels[:, c])
         if not len(positive):
@@ -126,11 +126,12 @@ def test_same_patient_exclusion_leaves_out_the_other_radiograph_of_the_patient(c
         same_patient_positives = [labels[(patients == patients[q]), c].sum() for q in positive]
         expected = np.mean([(labels[:, c].sum() - same) / (n - 2) for same in same_patient_positives])
         for method in BASELINES:
-            assert excluded.per_k[0].reports[method].per_class[c].scores.hr == pytest.approx(expected)
-    assert excluded.per_k[0].reports != included.per_k[0].reports
-    assert excluded.exclude_same_patient and excluded.to_dict()["protocol"]["exclude_same_patient"]
-    with pytest.raises(ValueError, match="eligible"):  # without the patient's other image, too few for n - 1
-        evaluate(cache, None, ks=(n - 1,), exclude_same_patient=True, device="cpu")
+            assert evaluation.other_patient_reports[method].per_class[c].scores.hr == pytest.approx(expected)
+    assert evaluation.other_patient_reports != evaluation.reports
+    # Without the patient's other image a query has too few candidates for n - 1: that scope is not scored.
+    too_many = evaluate(cache, None, ks=(n - 1,), device="cpu")
+    assert too_many.per_k[0].other_patient_reports is None and too_many.per_k[0].reports
+    assert "other patients only: not scored" in render_markdown(too_many)
 
 
 def test_paired_p_values_by_hand():
@@ -151,18 +152,18 @@ def test_perfect_retrieval_beats_the_wrong_one_and_identical_rankings_do_not_dif
     versus_wrong = paired_tests(("a", "b"), CHEXTRIEV, perfect, GLOBAL_CNN, wrong)
     assert all(test.significant(metric) for test in versus_wrong for metric in ("ap", "hr", "rr"))
     assert [test.n_queries for test in versus_wrong] == [6, 6]
-    versus_itself = paired_tests(("a", "b"), CHEXTRIEV, perfect, V0, perfect)
+    versus_itself = paired_tests(("a", "b"), CHEXTRIEV, perfect, REGION_MEAN, perfect)
     assert not any(test.significant(metric) for test in versus_itself for metric in ("ap", "hr", "rr"))
 
 
 @pytest.fixture(scope="module")
 def constructed(result) -> EvaluationResult:
-    """A result where CheXtriev retrieves by the labels, the global CNN at random and V0 like CheXtriev."""
+    """A result where CheXtriev retrieves by the labels, the global CNN at random and the region mean like CheXtriev."""
     rng = np.random.default_rng(0)
     labels = np.zeros((24, 3), dtype=bool)
     labels[:12, 0] = labels[12:, 1] = True  # the third finding is absent
     ours = labels.astype(float) + rng.normal(0, 0.01, labels.shape)
-    embeddings = {GLOBAL_CNN: rng.normal(size=(24, 8)), V0: ours, CHEXTRIEV: ours}
+    embeddings = {GLOBAL_CNN: rng.normal(size=(24, 8)), REGION_MEAN: ours, CHEXTRIEV: ours}
     names = ("lung opacity", "pleural effusion", "pneumothorax")
     evaluation = evaluate_methods(embeddings, labels, [f"case-{i}" for i in range(24)], 5, names)
     return dataclasses.replace(result, dataset="constructed", num_queries=24, label_names=names,
@@ -170,7 +171,7 @@ def constructed(result) -> EvaluationResult:
 
 
 def test_markdown_marks_significant_baselines_with_the_papers_asterisk(constructed):
-    markdown = constructed.to_markdown()
+    markdown = render_markdown(constructed)
     honest = markdown.index("## Top-5, zero-hit queries counted as 0")
     assert honest < markdown.index("### Top-5: p-values") < markdown.index("## Top-5, zero-hit queries SKIPPED")
     for finding in ("lung opacity", "pleural effusion"):  # in the honest, p-value and skipped tables
@@ -178,31 +179,33 @@ def test_markdown_marks_significant_baselines_with_the_papers_asterisk(construct
     table_row = next(line for line in markdown.splitlines() if line.startswith("| lung opacity | 12 | "))
     cells = table_row.strip("| ").split(" | ")
     assert all(cell.endswith("*") for cell in cells[2:5])  # global CNN vs CheXtriev: significant
-    assert not any(cell.endswith("*") for cell in cells[5:])  # V0 identical to CheXtriev; CheXtriev unmarked
+    assert not any(cell.endswith("*") for cell in cells[5:])  # the region mean identical to CheXtriev; CheXtriev unmarked
     assert "Absent from the split (no positive query, not scored): pneumothorax" in markdown
     assert "| pneumothorax" not in markdown
 
 
 def test_atlas_regions_are_announced_prominently(constructed):
     atlas = dataclasses.replace(constructed, regions_source="atlas")
-    assert atlas.to_markdown().splitlines()[2].startswith("**REGIONS FROM THE ATLAS**")
+    assert render_markdown(atlas).splitlines()[2].startswith("**REGIONS FROM THE ATLAS**")
     assert atlas.to_dict()["atlas_regions"] is True
-    assert "ATLAS" not in constructed.to_markdown() and constructed.to_dict()["atlas_regions"] is False
+    assert "ATLAS" not in render_markdown(constructed) and constructed.to_dict()["atlas_regions"] is False
 
 
 def test_report_files_round_trip(result, tmp_path):
     json_path, markdown_path = write_report(result, tmp_path / "report")
     document = json.loads(json_path.read_text())
     assert document == json.loads(json.dumps(result.to_dict()))
-    assert markdown_path.read_text() == result.to_markdown()
+    assert markdown_path.read_text() == render_markdown(result)
     assert sorted(path.name for path in (tmp_path / "report").iterdir()) == ["evaluation.json", "evaluation.md"]
     assert (document["dataset"], document["split"]) == ("bundled-sample", "test")
     assert (document["regions_source"], document["atlas_regions"]) == ("lung_boxes", False)
     assert document["backbone"]["name"] == "efficientnet_lite0"
     assert document["checkpoint_fingerprint"] == result.checkpoint_fingerprint
     k5 = document["results"][1]
-    assert k5["k"] == 5 and list(k5) == ["k", "zero_hit_counted", "zero_hit_skipped", "paired_tests"]
-    covid = next(t for t in k5["paired_tests"] if t["finding"] == "COVID-19" and t["baseline"] == V0)
+    assert k5["k"] == 5 and list(k5) == ["k", "zero_hit_counted", "zero_hit_skipped", "paired_tests",
+                                         "other_patients_zero_hit_counted", "other_patients_paired_tests"]
+    assert document["protocol"]["num_patients"] == 5 and "not independent" in document["protocol"]["paired_test"]
+    covid = next(t for t in k5["paired_tests"] if t["finding"] == "COVID-19" and t["baseline"] == REGION_MEAN)
     assert covid["n_queries"] == 8 and set(covid["p_values"]) == {"ap", "hr", "rr"}
     per_class = {row["name"]: row for row in k5["zero_hit_counted"][CHEXTRIEV]["per_class"]}
     assert per_class["COVID-19"]["n_positive"] == 8 and per_class["ARDS"]["ap"] is None
@@ -251,10 +254,15 @@ def test_group_keys_need_a_salt_that_is_long_enough(cache, checkpoint, tmp_path)
 def test_evaluate_command_prints_and_writes_the_tables(cache, checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["evaluate", "--features", str(cache.directory), "--checkpoint", str(checkpoint), "--out",
-                 str(out), "--k", "3", "--k", "5", "--exclude-same-patient", "--device", "cpu"]) == 0
+                 str(out), "--k", "3", "--k", "5", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "## Top-3, zero-hit queries counted as 0" in printed and "| COVID-19 | 8 |" in printed
-    assert json.loads((out / "evaluation.json").read_text())["protocol"]["exclude_same_patient"] is True
+    # The same-patient-excluded table comes beside the default one without a flag, with its p-values.
+    assert printed.index("## Top-3, zero-hit queries counted as 0") < printed.index(
+        "## Top-3, other patients only, zero-hit queries counted as 0") < printed.index("### Top-3: p-values")
+    assert "### Top-3, other patients only: p-values" in printed and "not independent" in printed
+    document = json.loads((out / "evaluation.json").read_text())
+    assert document["results"][0]["other_patients_zero_hit_counted"][CHEXTRIEV]["per_class"]
     assert main(["evaluate", "--features", str(tmp_path / "nothing"), "--out", str(out)]) == 1
     assert "is not a feature cache" in capsys.readouterr().err
 

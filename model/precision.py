@@ -1,0 +1,31 @@
+"""The names of compute devices and dtypes: one vocabulary for the settings, the command line and the code.
+
+Devices: "auto" (a GPU when CUDA is present, else the CPU), "cpu", "cuda" or "cuda:N".
+Dtypes: "float32", "bfloat16" and "float16", as torch spells them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from model.errors import ChextrievError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> str:
+    """`name` when it names a device ("auto", "cpu", "cuda", "cuda:N"); else a ChextrievError."""
+    if not _DEVICE_NAME.fullmatch(name):
+        raise ChextrievError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N")
+    return name
+
+
+def dtype_named(name: str) -> torch.dtype:
+    """The torch dtype called `name` ("float32", "bfloat16", "float16"); else a ChextrievError."""
+    if name not in DTYPES:
+        raise ChextrievError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
