@@ -1,19 +1,23 @@
 """The names of compute devices and dtypes: one vocabulary for the settings, the command line and the code.
 
 Devices: "auto" (a GPU when CUDA is present, else the CPU), "cpu", "cuda" or "cuda:N".
-Dtypes: "float32", "bfloat16" and "float16", as torch spells them.
+Dtypes: "float32", "bfloat16" and "float16", as torch spells them. Checking a name needs no torch, so
+the service's settings and the command line's help stay fast; torch is imported to turn a name into
+a dtype.
 """
 
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from model.errors import ChextrievError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 _DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -28,4 +32,6 @@ def dtype_named(name: str) -> torch.dtype:
     """The torch dtype called `name` ("float32", "bfloat16", "float16"); else a ChextrievError."""
     if name not in DTYPES:
         raise ChextrievError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+    import torch  # here, not at the top: see the module docstring
+
+    return getattr(torch, name)

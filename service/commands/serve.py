@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import uvicorn
-
-from service.app import create_app
 from service.settings import Settings, SettingsError, get_settings
 
 
@@ -38,4 +35,8 @@ def serve(settings: Settings) -> None:
     Logging stays the JSON lines the CLI configured; the app logs one line per request itself, so
     uvicorn's own access log is off.
     """
+    import uvicorn  # the application's imports (torch, the model) wait until it really starts
+
+    from service.app import create_app
+
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)

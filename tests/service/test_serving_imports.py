@@ -75,6 +75,7 @@ def test_the_command_line_loads_only_the_chosen_subcommand(service_setup: Servic
                                    text=True, timeout=120, env=environment(service_setup))
         report = json.loads(completed.stdout.strip().splitlines()[-1])
         assert not set(report["loaded"]) & set(OFFLINE_ONLY), arguments
+        assert "torch" not in report["loaded"], arguments  # help is argparse alone: no model, no app
         expected = ["service.commands.serve"] if arguments[0] == "serve" else []
         assert report["commands"] == expected, arguments
     top_level_help = subprocess.run([sys.executable, "-m", "service.cli", "--help"], cwd=REPO_ROOT,

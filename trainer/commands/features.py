@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per backbone batch (default 16)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                         help="auto: this process's GPU when CUDA is present, else the CPU (default auto)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="backbone compute dtype; bfloat16 and float16 are fast on a GPU (default float32)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes decoding images while the backbone runs (default 2; 0: none)")
