@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features", type=Path, required=True, help="feature cache directory (chextriev features)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output directory: checkpoint/ and Lightning's logs; must not hold a checkpoint")
-    parser.add_argument("--variant", default="V6", choices=sorted(VARIANT_SETTINGS), help="paper variant (default V6)")
+    parser.add_argument("--variant", default="V6", choices=sorted(VARIANT_SETTINGS),
+                        help="paper variant (default V6); V0 is the trained network without graph layers, not "
+                             "the parameter-free region mean, which `chextriev evaluate` scores as a baseline")
     parser.add_argument("--retrieval", choices=RETRIEVALS, help="retrieval embedding (default multilevel)")
     for name, kind in _SIZE_OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help="model size override (default: paper)")
