@@ -8,6 +8,7 @@ unexpected becomes a 500 whose detail carries only an error id (the traceback go
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -61,6 +62,17 @@ def field_problem(field_name: str, problem: str, **extra: Any) -> dict[str, Any]
     return {"field": field_name, "problem": problem, **extra}
 
 
+class ProblemResponse(JSONResponse):
+    """problem+json, written in ASCII with JSON escapes: a problem may quote what the client sent (a
+    region name), and a lone surrogate such as "\\ud800" cannot be encoded as UTF-8, so it is answered
+    as the escape the client sent rather than failing the response."""
+
+    media_type = PROBLEM_MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def problem_response(problem: Problem) -> JSONResponse:
     """The problem+json response of `problem`."""
     body = {
@@ -70,8 +82,7 @@ def problem_response(problem: Problem) -> JSONResponse:
         "detail": problem.detail,
         "errors": problem.errors,
     }
-    return JSONResponse(body, status_code=problem.status, headers=problem.headers,
-                        media_type=PROBLEM_MEDIA_TYPE)
+    return ProblemResponse(body, status_code=problem.status, headers=problem.headers)
 
 
 # (error class, HTTP status, type slug, field named in `errors`), most specific first.

@@ -123,14 +123,21 @@ def upsert_cases(session: Session, cases: Sequence[CaseRecord]) -> UpsertCounts:
 
 
 def get_cases(session: Session, case_ids: Iterable[str]) -> dict[str, CaseRecord]:
-    """The stored cases among `case_ids`, by id; unknown ids are absent."""
-    return {row.case_id: _case_record(row) for row in _cases_by_id(session, list(dict.fromkeys(case_ids)))}
+    """The stored cases among `case_ids`, by id; unknown ids (and unstorable ones) are absent."""
+    storable = [case_id for case_id in dict.fromkeys(case_ids) if _storable_id(case_id)]
+    return {row.case_id: _case_record(row) for row in _cases_by_id(session, storable)}
 
 
 def get_case(session: Session, case_id: str) -> CaseRecord | None:
-    """One stored case, or None."""
-    row = session.get(Case, case_id)
+    """One stored case, or None (also for an id that no database could have stored)."""
+    row = session.get(Case, case_id) if _storable_id(case_id) else None
     return None if row is None else _case_record(row)
+
+
+def _storable_id(case_id: str) -> bool:
+    """False for an id PostgreSQL cannot hold (a NUL character, which its driver refuses to send):
+    no stored case has such an id, on any backend, so asking for one is answered without a query."""
+    return "\x00" not in case_id
 
 
 def record_snapshot(session: Session, *, version: str, model_fingerprint: str, dimension: int, count: int,

@@ -297,6 +297,19 @@ def test_invalid_regions_name_each_bad_region(client, service_setup):
     assert "inverted" in by_region["trachea"]
 
 
+@pytest.mark.parametrize("form", ["boxes", "scene graph"])
+def test_a_region_name_holding_a_lone_surrogate_is_named_in_a_422(client, service_setup, sessions, form):
+    pixels, boxes = service_setup.inputs[QUERY_CASE]
+    if form == "boxes":
+        regions = '{"\\ud800": [0, 0, 1, 1]}'  # the JSON escape of a lone surrogate, as a client may send it
+    else:
+        regions = scene_graph_json(boxes).replace('"bbox_name": "trachea"', '"bbox_name": "\\ud800"')
+    problem = assert_problem(search(client, png_bytes(pixels), regions), 422, "regions")
+    assert "\ud800" in {entry["region"] for entry in problem["errors"]}
+    with session_scope(sessions) as session:
+        assert list_recent_searches(session, limit=1)[0].status_code == 422
+
+
 def test_regions_that_are_not_json_are_422(client, service_setup):
     pixels, _ = service_setup.inputs[QUERY_CASE]
     problem = assert_problem(search(client, png_bytes(pixels), "right lung: 1,2,3,4"), 422, "regions")
@@ -319,6 +332,11 @@ def test_refused_search_is_audited_with_its_status(client, sessions):
     with session_scope(sessions) as session:
         latest = list_recent_searches(session, limit=1)[0]
     assert (latest.status_code, latest.k, latest.result_case_ids, latest.index_version) == (415, 7, [], None)
+
+
+def test_a_case_id_holding_a_nul_byte_is_an_unknown_case(client, query_search):
+    assert_problem(client.get("/cases/%00"), 404)
+    assert_problem(client.get("/saliency", params={"query_id": query_search["query_id"], "case_id": "\x00"}), 404)
 
 
 def test_unknown_path_and_method_are_problems(client):

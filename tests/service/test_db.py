@@ -75,6 +75,9 @@ def test_upserting_cases_twice_updates_them(sessions, cases):
         assert stored == {case.case_id: case for case in [cases[0], corrected, *cases[2:]]}
         assert get_case(session, cases[0].case_id) == cases[0]
         assert get_case(session, "unknown") is None
+        # PostgreSQL cannot hold a NUL character: such an id is simply unknown, on every backend.
+        assert get_case(session, "\x00") is None and get_case(session, cases[0].case_id + "\x00") is None
+        assert get_cases(session, [cases[0].case_id, "\x00"]) == {cases[0].case_id: cases[0]}
 
 
 def test_the_stored_patient_hash_is_the_index_group_key_and_hides_the_patient(sessions, cases, sample_cases):
