@@ -28,8 +28,8 @@ def patient_group(patient_id: str | None, case_id: str) -> str:
 def patient_group_keys(groups: Sequence[str], salt: str) -> list[str]:
     """Keyed hashes (hex HMAC-SHA256 with `salt`) of patient groups."""
     if len(salt) < MIN_SALT_LENGTH:
-        raise PatientKeyError(f"the patient salt must have at least {MIN_SALT_LENGTH} characters "
-                              f"(got {len(salt)}); use a long random secret")
+        raise PatientKeyError(f"the patient salt must have at least {MIN_SALT_LENGTH} characters; "
+                              "use a long random secret")  # never its length: the message may reach a client
     return [hmac.new(salt.encode(), group.encode(), hashlib.sha256).hexdigest() for group in groups]
 
 

@@ -17,6 +17,10 @@ from service.metrics import ServiceMetrics
 logger = logging.getLogger("service.requests")
 
 UNMATCHED_ROUTE = "unmatched"
+# The methods HTTP defines (RFC 9110, plus PATCH); any other is logged and counted as OTHER_METHOD, so a
+# client cannot create metric series (or log values) of its own choosing.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+OTHER_METHOD = "other"
 
 
 def route_template(scope: Scope) -> str:
@@ -49,7 +53,8 @@ class RequestLogMiddleware:
         finally:
             seconds = time.perf_counter() - started
             route = route_template(scope)
-            self.metrics.observe(route, scope["method"], status, seconds)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
+            self.metrics.observe(route, method, status, seconds)
             logger.info("request", extra={
-                "route": route, "method": scope["method"], "status": status,
+                "route": route, "method": method, "status": status,
                 "ms": round(seconds * 1000, 2), "query_id": scope.get("state", {}).get("query_id")})

@@ -86,9 +86,10 @@ class ServiceState:
                 if self.index.manifest is None:
                     self._activate_startup_version()
             except Exception as error:  # noqa: BLE001 - any failure is reported by /readyz, not raised
-                self.load_problem = f"{type(error).__name__}: {error}"
+                # /readyz is public: it names the kind of failure; paths and messages go to the log only.
+                self.load_problem = f"loading failed ({type(error).__name__}); the service log has the details"
                 logger.error("service load failed", exc_info=not isinstance(error, ChextrievError | SnapshotError),
-                             extra={"problem": self.load_problem})
+                             extra={"problem": f"{type(error).__name__}: {error}"})
                 return
             self.load_problem = None
             manifest = self.index.manifest

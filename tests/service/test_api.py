@@ -366,6 +366,14 @@ def test_metrics_count_requests_per_route_and_show_the_index(client, query_searc
     assert f'version="{PLAIN_VERSION}"' in text
 
 
+def test_unknown_http_methods_share_one_metrics_label(client):
+    for method in ("FOO123", "X-INVENTED", "BAR"):
+        assert_problem(client.request(method, "/healthz"), 405)
+    text = client.get("/metrics").text
+    assert 'chextriev_http_requests_total{method="other",route="/healthz",status="405"} 3.0' in text
+    assert not any(method in text for method in ("FOO123", "X-INVENTED", "BAR"))
+
+
 def test_openapi_documents_the_public_routes_only(client):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
@@ -465,15 +473,18 @@ def test_readyz_is_503_until_the_model_and_index_are_loaded(service_setup):
                     "model_version": service_setup.embedder.fingerprint}
 
 
-def test_readyz_reports_why_loading_failed(service_setup):
+def test_readyz_reports_why_loading_failed_without_the_error_text(service_setup, caplog):
     settings = service_setup.settings(checkpoint=str(service_setup.root / "no-checkpoint"))
-    with TestClient(create_app(settings)) as failing:
+    with caplog.at_level(logging.ERROR, logger="service.state"), TestClient(create_app(settings)) as failing:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while "CheckpointError" not in (problem := failing.get("/readyz").json())["detail"]:
             assert time.monotonic() < deadline, problem
             time.sleep(0.05)
-        assert problem["status"] == 503 and "config.json is missing" in problem["detail"]
+        assert problem["status"] == 503 and "service log" in problem["detail"]
+        assert "config.json" not in problem["detail"] and str(service_setup.root) not in problem["detail"]
         assert failing.get("/healthz").status_code == 200
+    assert "config.json is missing" in next(record.problem for record in caplog.records
+                                            if record.getMessage() == "service load failed")
 
 
 # ---- administration --------------------------------------------------------------------------------
