@@ -22,6 +22,9 @@ Box = tuple[float, float, float, float]
 
 # Problems with the payload as a whole (not one region) are reported under this name.
 PAYLOAD_NAME = "regions"
+# Unknown names are reported one by one (with a "did you mean" from difflib) up to this many; the rest
+# are counted in one problem, so a payload of thousands of invented names costs no more than 18 do.
+MAX_UNKNOWN_NAMES_REPORTED = 2 * NUM_REGIONS
 SCENE_GRAPH_KEYS = ("original_x1", "original_y1", "original_x2", "original_y2")
 
 
@@ -29,7 +32,9 @@ def parse_regions(payload: str | bytes | Mapping) -> dict[str, Box]:
     """Boxes by name (as sent) from ``{"right lung": [x1, y1, x2, y2], ...}`` or a scene-graph JSON.
 
     A scene graph is recognised by its ``objects`` list; each object gives ``bbox_name`` and the
-    original-resolution ``original_x1..original_y2`` (its 224-scale ``x1..y2`` are ignored).
+    original-resolution ``original_x1..original_y2`` (its 224-scale ``x1..y2`` are ignored). Its
+    objects outside the 18 catalogue regions (clavicles, hemidiaphragms, spine, ...) are left out,
+    as the trainer's scene-graph reader leaves them out.
     """
     if isinstance(payload, Mapping):
         document = payload
@@ -132,6 +137,8 @@ def _scene_graph_entries(objects: object) -> tuple[list[tuple[str, object]], lis
         if not isinstance(name, str):
             problems.append(RegionProblem(label, "missing a text 'bbox_name'"))
             continue
+        if name.strip().lower() not in REGION_INDEX:
+            continue  # another anatomical object of the scene graph
         absent = [key for key in SCENE_GRAPH_KEYS if key not in item]
         if absent:
             problems.append(RegionProblem(name, f"missing {', '.join(absent)}"))
@@ -164,10 +171,13 @@ def _match_names(boxes: Mapping[str, Box]) -> tuple[dict[str, Box], list[RegionP
     matched: dict[str, Box] = {}
     given_as: dict[str, str] = {}
     problems = []
+    unknown = 0
     for key, value in boxes.items():
         name = key.strip().lower() if isinstance(key, str) else None
         if name not in REGION_INDEX:
-            problems.append(RegionProblem(str(key), _unknown_name_problem(key)))
+            unknown += 1
+            if unknown <= MAX_UNKNOWN_NAMES_REPORTED:
+                problems.append(RegionProblem(str(key), _unknown_name_problem(key)))
             continue
         if name in given_as:
             problems.append(RegionProblem(str(key), f"given more than once (also as {given_as[name]!r})"))
@@ -178,6 +188,9 @@ def _match_names(boxes: Mapping[str, Box]) -> tuple[dict[str, Box], list[RegionP
             problems.append(RegionProblem(name, box))
         else:
             matched[name] = box
+    if unknown > MAX_UNKNOWN_NAMES_REPORTED:
+        problems.append(RegionProblem(PAYLOAD_NAME, f"{unknown - MAX_UNKNOWN_NAMES_REPORTED} more unknown region "
+                                                    "names, not listed; expected the 18 Chest ImaGenome names"))
     problems.extend(RegionProblem(name, "missing") for name in REGION_NAMES if name not in given_as)
     return matched, problems
 

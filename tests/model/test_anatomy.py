@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from model.anatomy import boxes_by_name, order_boxes, parse_regions, validate_regions
+from model.anatomy import MAX_UNKNOWN_NAMES_REPORTED, boxes_by_name, order_boxes, parse_regions, validate_regions
 from model.catalogue import REGION_NAMES
 from model.errors import RegionError
 
@@ -113,6 +113,27 @@ def test_scene_graph_object_problems_name_the_object():
     assert set(problems) == {"objects[0]", "cardiac silhouette", "trachea"}
     assert "original_y2" in problems["cardiac silhouette"]
     assert "more than once" in problems["trachea"]
+
+
+def test_scene_graph_objects_outside_the_catalogue_are_left_out():
+    graph = scene_graph(BOXES)
+    for extra in ("left clavicle", "right hemidiaphragm", "spine"):  # as real ImaGenome scene graphs hold
+        graph["objects"].append({**graph["objects"][0], "bbox_name": extra})
+    graph["objects"].append({"bbox_name": "abdomen"})  # not a region: its missing coordinates do not matter
+
+    assert validate_regions(parse_regions(graph), WIDTH, HEIGHT).tolist() == order_boxes(BOXES).tolist()
+
+
+def test_thousands_of_unknown_names_are_summarised_after_the_first_few():
+    invented = {f"k{i}": (1, 1, 2, 2) for i in range(30_000)}  # about 600 kB of JSON, under the field limit
+
+    with pytest.raises(RegionError) as error:
+        validate_regions(dict(BOXES, **invented), WIDTH, HEIGHT)
+
+    problems = error.value.problems
+    assert len(problems) == MAX_UNKNOWN_NAMES_REPORTED + 1
+    assert problems[-1].region == "regions" and problems[-1].problem.startswith(
+        f"{30_000 - MAX_UNKNOWN_NAMES_REPORTED} more unknown region names")
 
 
 def test_validation_reports_every_problem_at_once_by_region():

@@ -305,7 +305,11 @@ def test_a_region_name_holding_a_lone_surrogate_is_named_in_a_422(client, servic
     else:
         regions = scene_graph_json(boxes).replace('"bbox_name": "trachea"', '"bbox_name": "\\ud800"')
     problem = assert_problem(search(client, png_bytes(pixels), regions), 422, "regions")
-    assert "\ud800" in {entry["region"] for entry in problem["errors"]}
+    named = {entry["region"]: entry["problem"] for entry in problem["errors"]}
+    if form == "boxes":
+        assert "unknown region name" in named["\ud800"]
+    else:  # a scene graph's objects outside the 18 regions are left out: the trachea is missing
+        assert named == {"trachea": "missing"}
     with session_scope(sessions) as session:
         assert list_recent_searches(session, limit=1)[0].status_code == 422
 
