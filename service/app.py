@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.problems import install_problem_handlers
 from service.request_log import RequestLogMiddleware
@@ -16,6 +17,7 @@ from service.settings import Settings, get_settings
 from service.state import ServiceState
 from service.upload_limit import FORM_OVERHEAD_BYTES, UploadLimitMiddleware
 
+DOCS_ASSETS_URL = "/docs-assets"
 DESCRIPTION = ("Case-based retrieval of chest radiographs (CheXtriev): upload a frontal radiograph with its "
                "18 anatomical region boxes, get the most similar past cases with their findings, and see "
                "which regions each match rests on. Errors are application/problem+json (RFC 9457).")
@@ -35,7 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await loading
             state.close()
 
-    app = FastAPI(title="CheXtriev retrieval service", description=DESCRIPTION, version="1", lifespan=lifespan)
+    # /docs and /redoc with their scripts, styles and favicon served from the fastapi-offline package:
+    # a hospital network without internet access still shows them (FastAPI's own pages use a CDN).
+    app = FastAPIOffline(title="CheXtriev retrieval service", description=DESCRIPTION, version="1",
+                         lifespan=lifespan, static_url=DOCS_ASSETS_URL)
     app.state.service = state
     install_problem_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES)

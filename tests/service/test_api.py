@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 
@@ -376,6 +377,19 @@ def test_unknown_http_methods_share_one_metrics_label(client):
     text = client.get("/metrics").text
     assert 'chextriev_http_requests_total{method="other",route="/healthz",status="405"} 3.0' in text
     assert not any(method in text for method in ("FOO123", "X-INVENTED", "BAR"))
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_documentation_pages_load_nothing_from_outside_the_service(client, page):
+    response = client.get(page)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    references = re.findall(r'(?:src|href)="([^"]+)"', response.text) + re.findall(r"url: '([^']+)'", response.text)
+    assert references and not [url for url in references if "://" in url or url.startswith("//")]
+    assets = [url for url in references if url.startswith("/docs-assets/")]
+    assert any(url.endswith(".js") for url in assets)
+    for url in assets:  # each script, style and icon is served by the service itself
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 100, url
 
 
 def test_openapi_documents_the_public_routes_only(client):
