@@ -1,11 +1,12 @@
 """The FastAPI application: `create_app(settings)` wires the routes, the problem handlers, the upload
-limit, request logging and metrics; its lifespan loads the model and the index in a worker thread."""
+limit, request logging and metrics; its lifespan loads the model and the index in a worker thread, and
+tries again every `load_retry_seconds` after a failure until it succeeds or the service stops."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -23,6 +24,17 @@ DESCRIPTION = ("Case-based retrieval of chest radiographs (CheXtriev): upload a 
                "which regions each match rests on. Errors are application/problem+json (RFC 9457).")
 
 
+async def keep_loading(state: ServiceState, retry_seconds: float, stopping: asyncio.Event) -> None:
+    """Load the model and the index in a worker thread; after a failure, try again every `retry_seconds`
+    (a checkpoint or snapshot published late, a database back up) until ready or `stopping` is set."""
+    while not stopping.is_set():
+        await asyncio.to_thread(state.load)
+        if state.ready:
+            return
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), retry_seconds)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service application for `settings` (default: the CHEXTRIEV_* environment)."""
     settings = settings or get_settings()
@@ -30,11 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(asyncio.to_thread(state.load))
+        stopping = asyncio.Event()
+        loading = asyncio.create_task(keep_loading(state, settings.load_retry_seconds, stopping))
         try:
             yield
         finally:
-            await loading
+            stopping.set()
+            await loading  # a load in progress finishes first: its thread cannot be interrupted
             state.close()
 
     # /docs and /redoc with their scripts, styles and favicon served from the fastapi-offline package:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 
-from pydantic import SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.errors import ChextrievError
@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     port: int = 8000
     active_version: str | None = None
     thumbnail_max_side: int = 256
+    load_retry_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("device")
     @classmethod

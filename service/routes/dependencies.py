@@ -15,8 +15,8 @@ ADMIN_ACTOR = "admin-token"
 BEARER_PREFIX = "bearer "
 
 
-def get_state(request: Request) -> ServiceState:
-    """The state of the application serving `request`."""
+async def get_state(request: Request) -> ServiceState:
+    """The state of the application serving `request` (async: it never waits for a worker thread)."""
     return request.app.state.service
 
 

@@ -1,4 +1,7 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+The handlers are coroutines and do no blocking work, so they answer on the event loop at once even
+when every worker thread is busy with searches (a container health check must not queue behind them)."""
 
 from __future__ import annotations
 
@@ -11,20 +14,20 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
     """The process is alive (whether or not the model and index are loaded)."""
     return Health()
 
 
 @router.get("/readyz", response_model=Readiness, responses=problem_responses(503))
-def readyz(state: State) -> Readiness:
+async def readyz(state: State) -> Readiness:
     """200 once the model and an index snapshot are loaded; 503 with the reason until then."""
     embedder, index = state.require_ready()
     return Readiness(index_version=index.manifest.version, model_version=embedder.fingerprint)
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(state: State) -> Response:
+async def metrics(state: State) -> Response:
     """Prometheus text exposition: requests per route and status, latency, index size and version."""
     body, content_type = state.metrics.exposition()
     return Response(body, media_type=content_type)

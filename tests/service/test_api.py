@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import re
+import shutil
+import threading
 import time
 from collections.abc import Iterator
 
@@ -29,7 +31,8 @@ from service.app import create_app
 from service.db.repository import list_activations, list_recent_searches
 from service.db.session import make_engine, make_session_factory, session_scope
 from service.logging_setup import JsonFormatter
-from service.problems import PROBLEM_MEDIA_TYPE
+from service.problems import PROBLEM_MEDIA_TYPE, Problem
+from service.routes import search as search_route
 from service.upload_limit import FORM_OVERHEAD_BYTES
 from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, dicom_bytes
 from tests.service.service_setup import (  # noqa: F401 - service_setup is a fixture
@@ -503,6 +506,50 @@ def test_readyz_reports_why_loading_failed_without_the_error_text(service_setup,
         assert failing.get("/healthz").status_code == 200
     assert "config.json is missing" in next(record.problem for record in caplog.records
                                             if record.getMessage() == "service load failed")
+
+
+def test_a_failed_load_is_retried_until_the_model_appears(service_setup, tmp_path):
+    late = tmp_path / "checkpoint-published-late"
+    settings = service_setup.settings(checkpoint=str(late), load_retry_seconds=0.2)
+    with TestClient(create_app(settings)) as service:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while "CheckpointError" not in service.get("/readyz").json().get("detail", ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        shutil.copytree(service_setup.checkpoint, late)  # published after the service started
+        readiness = wait_until_ready(service)
+    assert readiness["index_version"] == PLAIN_VERSION
+
+
+def test_health_answers_while_every_worker_thread_is_busy(client, service_setup, monkeypatch):
+    import anyio.to_thread
+
+    release, entered = threading.Event(), threading.Event()
+
+    def blocked_search(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        raise Problem(503, "test-blocked", "held by the test")
+
+    monkeypatch.setattr(search_route, "run_search", blocked_search)
+    limiter = client.portal.call(anyio.to_thread.current_default_thread_limiter)
+    tokens = limiter.total_tokens
+    client.portal.call(setattr, limiter, "total_tokens", 1)  # one worker thread, and a search holds it
+    pixels, boxes = service_setup.inputs[QUERY_CASE]
+    searching = threading.Thread(target=search, args=(client, png_bytes(pixels), regions_json(boxes)))
+    try:
+        searching.start()
+        assert entered.wait(30)
+        answers = {}
+        probe = threading.Thread(target=lambda: answers.update(
+            {path: client.get(path).status_code for path in ("/healthz", "/readyz", "/metrics")}))
+        probe.start()
+        probe.join(10)
+        assert answers == {"/healthz": 200, "/readyz": 200, "/metrics": 200}
+    finally:
+        release.set()
+        searching.join(30)
+        client.portal.call(setattr, limiter, "total_tokens", tokens)
 
 
 # ---- administration --------------------------------------------------------------------------------
