@@ -3,7 +3,7 @@
 Subcommands are registered as entry points of the group `chextriev.commands` (pyproject.toml), each
 naming its module: the service's under `service.commands`, the offline trainer's under
 `trainer.commands`. Only the module of the subcommand that runs is imported, so `chextriev serve`
-never loads the trainer (Lightning, scipy, tqdm) and the top-level help loads none of them: it reads
+never loads the trainer (Lightning, scipy) and the top-level help loads none of them: it reads
 each module's one-line summary from its source.
 """
 
@@ -68,7 +68,8 @@ def module_source(module_name: str) -> Path | None:
     """The source file of a module inside a package, found from the package's top-level location."""
     top, *inner = module_name.split(".")
     spec = importlib.util.find_spec(top)
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
         path = Path(location, *inner).with_suffix(".py")
         if path.is_file():
             return path

@@ -46,7 +46,7 @@ class NamedBoxes:
         return cls(order_boxes(boxes))
 
     def boxes(self, width: int, height: int) -> np.ndarray:
-        """The boxes checked against the image and clipped to it."""
+        """The boxes checked against the image (a box crossing its edge is kept: its crop is zero-padded)."""
         return validate_regions(boxes_by_name(self.regions), width, height)
 
 
