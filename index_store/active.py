@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,14 @@ from index_store.snapshot import Snapshot
 from index_store.store import open_version
 
 log = logging.getLogger(__name__)
+
+
+class NoPreviousSnapshotError(SnapshotNotFoundError):
+    """A rollback was asked for, but no snapshot was active before the current one."""
+
+
+# Called with the manifest about to serve and the version a rollback would then return to.
+Commit = Callable[[Manifest, str | None], None]
 
 
 @dataclass
@@ -63,20 +71,37 @@ class ActiveIndex:
         """The version a rollback would return to."""
         return self._previous_version
 
-    def activate(self, version: str) -> Manifest:
-        """Verify, load and canary-check `version`, then swap it in; on any failure the active one stays."""
+    def activate(self, version: str, *, commit: Commit | None = None) -> Manifest:
+        """Verify, load and canary-check `version`, then swap it in; on any failure the active one stays.
+
+        `commit(manifest, previous_version)`, when given, runs after the checks and before the swap,
+        under the activation lock: the swap happens only if it returns (e.g. once the choice is
+        recorded), so whatever it records is what serves. Activating the active version again swaps
+        nothing but still commits."""
         with self._activation_lock:
             current = self._current
             if current is not None and current.snapshot.version == version:
+                if commit is not None:
+                    commit(current.snapshot.manifest, self._previous_version)
                 return current.snapshot.manifest
-            return self._swap_in(version)
+            return self._swap_in(version, self._current_version(), commit)
 
-    def rollback(self) -> Manifest:
-        """Activate the previously active version again (verified like any activation)."""
+    def rollback(self, *, commit: Commit | None = None) -> Manifest:
+        """Activate the previously active version again (verified and committed like any activation);
+        the rollback target is read under the activation lock, so concurrent rollbacks take turns."""
         with self._activation_lock:
             if self._previous_version is None:
-                raise SnapshotNotFoundError("there is no previous snapshot to roll back to")
-            return self._swap_in(self._previous_version)
+                raise NoPreviousSnapshotError("there is no previous snapshot to roll back to")
+            return self._swap_in(self._previous_version, self._current_version(), commit)
+
+    def restore(self, version: str, previous_version: str | None, *,
+                commit: Commit | None = None) -> Manifest | None:
+        """At start-up: activate `version` with `previous_version` as the rollback target, unless a
+        snapshot is already active (an activation that came first is kept; None is returned then)."""
+        with self._activation_lock:
+            if self._current is not None:
+                return None
+            return self._swap_in(version, previous_version, commit)
 
     @contextmanager
     def lease(self) -> Iterator[Snapshot]:
@@ -107,7 +132,11 @@ class ActiveIndex:
         with self._activation_lock:
             self._retire(None)
 
-    def _swap_in(self, version: str) -> Manifest:
+    def _current_version(self) -> str | None:
+        held = self._current
+        return held.snapshot.version if held else None
+
+    def _swap_in(self, version: str, previous_version: str | None, commit: Commit | None) -> Manifest:
         snapshot = open_version(
             self.store,
             version,
@@ -115,19 +144,24 @@ class ActiveIndex:
             expected_dimension=self._expected_dimension,
             device=self._device,
         )
-        old_version = self._retire(_Held(snapshot))
-        self._previous_version = old_version
-        log.info("index snapshot activated", extra={"version": version, "previous_version": old_version})
+        try:
+            if commit is not None:
+                commit(snapshot.manifest, previous_version)
+        except BaseException:
+            snapshot.close()
+            raise
+        self._retire(_Held(snapshot))
+        self._previous_version = previous_version
+        log.info("index snapshot activated", extra={"version": version, "previous_version": previous_version})
         return snapshot.manifest
 
-    def _retire(self, new: _Held | None) -> str | None:
+    def _retire(self, new: _Held | None) -> None:
         """Make `new` current; close the old one now if unleased, else when its last lease ends."""
         with self._lock:
             old, self._current = self._current, new
             if old is None:
-                return None
+                return
             old.retired = True
             release = old.leases == 0
         if release:
             old.snapshot.close()
-        return old.snapshot.version

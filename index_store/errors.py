@@ -17,6 +17,10 @@ class SnapshotCorruptError(SnapshotError):
     """A snapshot's files are damaged or disagree with each other or with their manifest."""
 
 
+class SnapshotFileChangedError(SnapshotCorruptError):
+    """A file of an open, verified snapshot changed on disk afterwards (e.g. truncated): it can no longer be read."""
+
+
 class SnapshotIncompatibleError(SnapshotError):
     """A sound snapshot that this caller cannot use: other model fingerprint, dimension or format."""
 

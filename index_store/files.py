@@ -1,8 +1,10 @@
-"""Durable file writing: every file is hashed while written, flushed and fsynced; atomic replacement."""
+"""Durable file writing (every file hashed while written, flushed and fsynced; atomic replacement) and
+reading the rows of a .npy file at their offsets."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -10,9 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from index_store.errors import SnapshotCorruptError
+import numpy as np
+
+from index_store.errors import SnapshotCorruptError, SnapshotFileChangedError
 
 _READ_CHUNK = 8 << 20
+_NPY_DTYPE = np.dtype("<f4")
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 @dataclass(frozen=True)
@@ -116,3 +125,77 @@ def write_atomically(path: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+class NpyRows:
+    """The rows of a float32 C-order .npy file of known shape, read on demand at their offsets.
+
+    Nothing is memory-mapped and only the rows asked for are read: a file truncated while it is open
+    makes the read raise SnapshotFileChangedError naming it, where a memory map would kill the process
+    with SIGBUS. A malformed file, or one of another dtype, shape or size, raises SnapshotCorruptError.
+    Reads are positional (no shared file offset), so threads may read at the same time.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path = path
+        self.shape = shape
+        self._row_bytes = _NPY_DTYPE.itemsize * math.prod(shape[1:])
+        self._file = open(path, "rb", buffering=0)
+        try:
+            self._data_offset = self._check_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a new array of shape (stop - start, *shape[1:])."""
+        block = np.empty((stop - start, *self.shape[1:]), dtype=_NPY_DTYPE)
+        self._read_exactly(memoryview(block).cast("B"), self._data_offset + start * self._row_bytes)
+        return block
+
+    def close(self) -> None:
+        """Close the file; later reads raise ValueError."""
+        self._file.close()
+
+    def __enter__(self) -> NpyRows:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_header(self) -> int:
+        """Check the header (float32, C order, `shape`) and the file's size; returns where the data begins."""
+        try:
+            version = np.lib.format.read_magic(self._file)
+            read_header = _NPY_HEADER_READERS.get(version)
+            if read_header is None:
+                raise ValueError(f"format version {version} is not supported")
+            shape, fortran_order, dtype = read_header(self._file)
+        except ValueError as exc:
+            raise self._corrupt(f"not a readable .npy file ({exc})") from exc
+        if dtype != _NPY_DTYPE or fortran_order or shape != self.shape:
+            order = " in Fortran order" if fortran_order else ""
+            raise self._corrupt(f"holds {dtype} {shape}{order}, expected float32 {self.shape}")
+        data_offset = self._file.tell()
+        expected_size = data_offset + self._row_bytes * self.shape[0]
+        if self._size() != expected_size:
+            raise self._corrupt(f"{self._size()} bytes, {expected_size} expected for float32 {self.shape}")
+        return data_offset
+
+    def _read_exactly(self, buffer: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(buffer):
+            count = os.preadv(self._file.fileno(), [buffer[done:]], offset + done)
+            if count == 0:
+                raise SnapshotFileChangedError(
+                    f"{self.path.name} in {self.path.parent} now ends at {self._size()} bytes, before the rows "
+                    "asked for: it was truncated after it was opened",
+                    self.path,
+                )
+            done += count
+
+    def _size(self) -> int:
+        return os.fstat(self._file.fileno()).st_size
+
+    def _corrupt(self, why: str) -> SnapshotCorruptError:
+        return SnapshotCorruptError(f"{self.path.name} in {self.path.parent}: {why}", self.path)

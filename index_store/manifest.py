@@ -23,7 +23,7 @@ CANARY_FILE = "canary.npy"
 REQUIRED_FILES = (INDEX_FILE, CASE_IDS_FILE, CANARY_FILE)
 KNOWN_FILES = frozenset(REQUIRED_FILES + (GROUP_KEYS_FILE, OCCLUSION_FILE))
 
-_VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
@@ -59,7 +59,7 @@ class Manifest:
 
 def check_version_name(version: str) -> str:
     """Return `version` if it is a safe directory name (letters, digits, `._-`, not starting with `.`)."""
-    if not isinstance(version, str) or not _VERSION_PATTERN.fullmatch(version):
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise SnapshotInputError(
             f"invalid snapshot version {version!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -126,7 +126,7 @@ def parse_manifest(data: bytes, path: Path) -> Manifest:
         raise SnapshotIncompatibleError(
             f"{path.name} in {path.parent}: metric {raw['metric']!r} is not {METRIC!r}", path
         )
-    if not _VERSION_PATTERN.fullmatch(raw["version"]):
+    if not VERSION_PATTERN.fullmatch(raw["version"]):
         raise corrupt(f"invalid version {raw['version']!r}")
     if raw["dimension"] < 1 or raw["count"] < 1:
         raise corrupt(f"dimension {raw['dimension']} and count {raw['count']} must be positive")

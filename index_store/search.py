@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,22 @@ class FaissSearcher:
         self._resources = None
 
 
+class SerialSearcher:
+    """Runs the searches of a back end that is not thread-safe one at a time (FAISS GPU, PyTorch on CUDA)."""
+
+    def __init__(self, searcher: Searcher):
+        self._searcher = searcher
+        self._lock = threading.Lock()
+
+    def search(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._searcher.search(queries, fetch)
+
+    def close(self) -> None:
+        with self._lock:
+            self._searcher.close()
+
+
 class TorchExactSearcher:
     """Exact inner-product top-k in PyTorch (float32 matmul + topk), chunked over the gallery to bound memory.
 
@@ -97,7 +114,10 @@ class TorchExactSearcher:
 
 
 def make_searcher(index: faiss.Index, device: str) -> Searcher:
-    """The back end for `device`: FAISS on the CPU; on "cuda" FAISS GPU when installed, else exact PyTorch."""
+    """The back end for `device`: FAISS on the CPU; on "cuda" FAISS GPU when installed, else exact PyTorch.
+
+    CPU FAISS searches run concurrently; the GPU back ends are not thread-safe and run one search at a time.
+    """
     if device not in DEVICES:
         raise SnapshotInputError(f"unknown search device {device!r}; use one of {DEVICES}")
     if device == "cpu":
@@ -108,9 +128,10 @@ def make_searcher(index: faiss.Index, device: str) -> Searcher:
         raise SnapshotInputError("search device 'cuda' was requested but no CUDA device is available")
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         resources = faiss.StandardGpuResources()
-        return FaissSearcher(faiss.index_cpu_to_gpu(resources, torch.cuda.current_device(), index), resources)
+        gpu_index = faiss.index_cpu_to_gpu(resources, torch.cuda.current_device(), index)
+        return SerialSearcher(FaissSearcher(gpu_index, resources))
     if is_exact(index):
-        return TorchExactSearcher(flat_vectors(index), "cuda")
+        return SerialSearcher(TorchExactSearcher(flat_vectors(index), "cuda"))
     log.warning("faiss-gpu is not installed and the index is approximate: searching it with FAISS on the CPU")
     return FaissSearcher(index)
 

@@ -21,7 +21,7 @@ from index_store.errors import (
     SnapshotInputError,
     SnapshotNotFoundError,
 )
-from index_store.files import FileDigest, fsync_directory, verify_digest, write_new_file
+from index_store.files import FileDigest, NpyRows, fsync_directory, verify_digest, write_new_file
 from index_store.gallery import GalleryData, validate_gallery
 from index_store.manifest import (
     CANARY_FILE,
@@ -124,7 +124,7 @@ class Snapshot:
         index: faiss.Index,
         case_ids: tuple[str, ...],
         group_keys: tuple[str, ...] | None,
-        occlusion: np.ndarray | None,
+        occlusion: NpyRows | None,
         device: str,
     ):
         self.path = path
@@ -181,20 +181,24 @@ class Snapshot:
         return self._index.reconstruct(row)
 
     def occlusion_embeddings(self, case_id: str) -> np.ndarray | None:
-        """The (R, D) region-occluded embeddings of `case_id`, or None if this snapshot has none."""
+        """The (R, D) region-occluded embeddings of `case_id`, or None if this snapshot has none.
+
+        Only this case's rows are read from the file; SnapshotFileChangedError if it was truncated since.
+        """
         row = self._row(case_id)
         self._require_open()
-        return None if self._occlusion is None else np.array(self._occlusion[row])
+        return None if self._occlusion is None else self._occlusion.rows(row, row + 1)[0]
 
     def close(self) -> None:
-        """Free the index, the search back end and the occlusion file mapping."""
+        """Free the index, the search back end and the occlusion file."""
         with self._close_lock:
             if self.closed:
                 return
             self.closed = True
             self._searcher.close()
             self._index = None
-            self._occlusion = None
+            if self._occlusion is not None:
+                self._occlusion.close()
         log.info("snapshot closed", extra={"version": self.version})
 
     def _require_open(self) -> None:
@@ -253,11 +257,13 @@ def open_snapshot(
     group_keys = None
     if GROUP_KEYS_FILE in manifest.files:
         group_keys = _read_strings(directory / GROUP_KEYS_FILE, manifest.count)
-    canary = _read_npy(directory / CANARY_FILE, (len(manifest.canary_rows), manifest.dimension))
+    canary_count = len(manifest.canary_rows)
+    with NpyRows(directory / CANARY_FILE, (canary_count, manifest.dimension)) as canary_file:
+        canary = canary_file.rows(0, canary_count)
     occlusion = None
     if manifest.occlusion_regions is not None:
         shape = (manifest.count, manifest.occlusion_regions, manifest.dimension)
-        occlusion = _read_npy(directory / OCCLUSION_FILE, shape, mmap=True)
+        occlusion = NpyRows(directory / OCCLUSION_FILE, shape)
     snapshot = Snapshot(directory, manifest, index, case_ids, group_keys, occlusion, device)
     try:
         _run_canary(snapshot, canary)
@@ -344,21 +350,6 @@ def _read_strings(path: Path, count: int) -> tuple[str, ...]:
     )
     _agree(len(values) == count, path, f"holds {len(values)} entries, the manifest count is {count}")
     return tuple(values)
-
-
-def _read_npy(path: Path, shape: tuple[int, ...], mmap: bool = False) -> np.ndarray:
-    try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SnapshotCorruptError(
-            f"{path.name} in {path.parent}: not a readable .npy file ({exc})", path
-        ) from exc
-    _agree(
-        array.dtype == np.float32 and array.shape == shape,
-        path,
-        f"holds {array.dtype} {array.shape}, expected float32 {shape}",
-    )
-    return array
 
 
 def _run_canary(snapshot: Snapshot, canary: np.ndarray) -> None:

@@ -24,16 +24,36 @@ from torch import Tensor
 from model.errors import RegionError, RegionProblem
 from model.preprocessing import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, PAD_VALUE
 
+# The most memory one resampling pass may use for its intermediate values: a box as wide as a
+# 16384-pixel image gathers 148 taps per output, ~70 MB per region and image.
+PASS_BUDGET_BYTES = 128 * 2**20
+
 
 def crop_regions(images: Sequence[Tensor] | Tensor, boxes: Tensor) -> Tensor:
     """Crops (B, R, 3, CROP_SIZE, CROP_SIZE) float32 of the (B, R, 4) boxes of B grey images.
 
     Images are (H, W) floats in [0, 1] and may differ in size; box b, r is [x1, y1, x2, y2] in the
-    pixel coordinates of image b (x1 = 0 is the left edge of the first column).
+    pixel coordinates of image b (x1 = 0 is the left edge of the first column). The regions are
+    resampled a few at a time, within PASS_BUDGET_BYTES of intermediate values.
     """
     sizes = _sizes(images)
     canvas = _stack(images, sizes)
     boxes = _checked_boxes(boxes, len(sizes)).to(device=canvas.device, dtype=torch.float64)
+    step = _regions_per_pass(boxes, canvas.shape[2])
+    return torch.cat([_crop(canvas, sizes, boxes[:, start:start + step])
+                      for start in range(0, boxes.shape[1], step)], dim=1)
+
+
+def _regions_per_pass(boxes: Tensor, width: int) -> int:
+    """How many regions of every image one pass resamples within PASS_BUDGET_BYTES: per region, the
+    row pass keeps CROP_SIZE rows of the canvas, the column pass gathers `taps` values per output."""
+    taps = math.ceil(2 * max(float((boxes[..., 2] - boxes[..., 0]).max()) / CROP_SIZE, 1.0)) + 1
+    per_region = 4 * boxes.shape[0] * CROP_SIZE * (width + 2 * CROP_SIZE * taps)
+    return int(max(1, min(boxes.shape[1], PASS_BUDGET_BYTES // per_region)))
+
+
+def _crop(canvas: Tensor, sizes: Tensor, boxes: Tensor) -> Tensor:
+    """Crops (B, R, 3, CROP_SIZE, CROP_SIZE) of checked float64 boxes on the stacked images."""
     batch, regions = boxes.shape[:2]
     row_taps, row_weights = _axis_taps(boxes[..., 1], boxes[..., 3], sizes[:, 0])
     col_taps, col_weights = _axis_taps(boxes[..., 0], boxes[..., 2], sizes[:, 1])

@@ -2,7 +2,10 @@
 
 A file is parsed once (`parse_dicom`); its header (`dicom_header`) and its pixels
 (`decode_dicom_pixels`) are read from that one data set, the header first so that a caller can
-refuse an oversized image before any pixel data are decoded.
+refuse an oversized image before any pixel data are decoded. Compressed pixel data decode at the
+size their own codestream declares, so the header also checks that size against Rows x Columns
+(and that they hold one frame), and the decoded array's shape is checked again. A deflated data
+set is refused from its file meta: pydicom would inflate all of it before anything is checked.
 
 Monochrome images go through the modality LUT (rescale slope/intercept), then the file's VOI LUT
 or window when present (min-max over the values otherwise); MONOCHROME1 is inverted last, so that
@@ -13,14 +16,29 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.filereader import data_element_generator, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLELossless,
+)
 
 from model.decoder_failures import decoder_failures
 from model.errors import CorruptImageError, UnsupportedImageError
@@ -34,6 +52,22 @@ PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Groups every image data set has (identification, image pixel description): tells a bare
 # DICOM data set from arbitrary bytes that pydicom parses with force=True.
 IMAGE_DATASET_GROUPS = (0x0008, 0x0028)
+UNDEFINED_LENGTH = 0xFFFFFFFF
+FILE_META_GROUP = 0x0002
+TRANSFER_SYNTAX_TAG = 0x00020010
+# Start-of-frame markers, whose segment states the image size: JPEG SOF0-SOF15 (less DHT C4, JPG C8
+# and DAC CC) and JPEG-LS SOF55 (F7).
+JPEG_SOI = b"\xff\xd8"
+JPEG_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                              0xCF, 0xF7})
+JPEG_FILL_BYTE = 0xFF
+# A JPEG 2000 codestream opens with SOC then SIZ, which states the image size; a JP2 file (which
+# some DICOM writers encapsulate) opens with its signature box and holds the codestream in "jp2c".
+J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+JP2_CODESTREAM_BOX = b"jp2c"
+# An RLE frame opens with its number of segments and up to 15 segment offsets.
+RLE_HEADER = struct.Struct("<16I")
 
 
 @dataclass(frozen=True)
@@ -97,6 +131,7 @@ def dicom_header(dataset: Dataset) -> DicomHeader:
             raise UnsupportedImageError(
                 f"DICOM photometric interpretation {photometric!r} is not supported "
                 "(expected MONOCHROME1, MONOCHROME2 or RGB)")
+        _check_compressed_size(dataset)
         return DicomHeader(rows=int(dataset.Rows), columns=int(dataset.Columns),
                            info=_dicom_info(dataset))
 
@@ -115,6 +150,7 @@ def decode_dicom_pixels(dataset: Dataset) -> tuple[np.ndarray, int]:
     with decoder_failures(CorruptImageError, "the DICOM pixel data are damaged or truncated"):
         stored = dataset.pixel_array
         bits_stored = int(dataset.get("BitsStored") or stored.dtype.itemsize * 8)
+    _require_decoded_shape(stored, dataset)
     with decoder_failures(CorruptImageError, "the DICOM grey-level attributes are invalid"):
         if stored.ndim == 3:
             grey = stored.astype(np.float32) @ LUMA_WEIGHTS / (2**bits_stored - 1)
@@ -123,19 +159,168 @@ def decode_dicom_pixels(dataset: Dataset) -> tuple[np.ndarray, int]:
     return grey, bits_stored
 
 
+def _check_compressed_size(dataset: Dataset) -> None:
+    """Refuse compressed pixel data that would decode to another size than Rows x Columns, read
+    without decoding them: the size a JPEG, JPEG-LS or JPEG 2000 codestream states, or what each RLE
+    segment decodes to (up to 64 times its own length, all of it before pydicom cuts it to size)."""
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    read_size = _size_reader(syntax)
+    if "PixelData" not in dataset or (read_size is None and syntax != RLELossless):
+        return  # native pixel data, checked when decoded, or none: refused as truncated then
+    frame = _only_frame(dataset)
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    if read_size is None:
+        _check_rle_segments(frame, rows * columns)
+        return
+    size = read_size(frame)
+    if size is None:
+        raise CorruptImageError(f"the DICOM pixel data have no readable {syntax.name} header")
+    if size != (columns, rows):
+        raise _size_mismatch(dataset, f"its compressed pixel data hold {size[0]} x {size[1]} pixels")
+
+
+def _size_reader(syntax: UID | None) -> Callable[[bytes], tuple[int, int] | None] | None:
+    """What reads (width, height) from a codestream of `syntax`: JPEG, JPEG-LS or JPEG 2000."""
+    if syntax in JPEG2000TransferSyntaxes:
+        return _j2k_size
+    if syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        return _jpeg_size
+    return None
+
+
+def _only_frame(dataset: Dataset) -> bytes:
+    """The codestream of the one frame of encapsulated pixel data, found as pydicom's decoders find
+    it; refused when the data hold more frames, which pydicom would decode as well."""
+    offsets = None
+    if "ExtendedOffsetTable" in dataset:
+        offsets = (dataset.ExtendedOffsetTable, dataset.ExtendedOffsetTableLengths)
+    with decoder_failures(CorruptImageError, "the DICOM compressed pixel data are damaged"):
+        frames = generate_frames(dataset.PixelData, number_of_frames=1, extended_offsets=offsets)
+        frame = next(frames)
+        if next(frames, None) is not None:
+            raise CorruptImageError("the DICOM header declares one frame, but its compressed pixel "
+                                    "data hold more")
+    return frame
+
+
+def _jpeg_size(codestream: bytes) -> tuple[int, int] | None:
+    """(width, height) in the start-of-frame segment of a JPEG or JPEG-LS codestream, if it has one."""
+    if not codestream.startswith(JPEG_SOI):
+        return None
+    offset = len(JPEG_SOI)
+    while offset + 9 <= len(codestream) and codestream[offset] == JPEG_FILL_BYTE:
+        marker = codestream[offset + 1]
+        if marker in JPEG_SOF_MARKERS:  # marker, length, precision, then height and width
+            height, width = struct.unpack_from(">HH", codestream, offset + 5)
+            return width, height
+        if marker == JPEG_FILL_BYTE:
+            offset += 1
+        else:
+            offset += 2 + struct.unpack_from(">H", codestream, offset + 2)[0]
+    return None
+
+
+def _j2k_size(codestream: bytes) -> tuple[int, int] | None:
+    """(width, height) in the SIZ segment of a JPEG 2000 codestream, bare or in a JP2 file."""
+    start = _jp2_codestream_start(codestream) if codestream.startswith(JP2_SIGNATURE) else 0
+    # SOC, SIZ, Lsiz, Rsiz, then the grid's far corner and the image's offset on the grid.
+    if start is None or codestream[start:start + 4] != J2K_SOC_SIZ or len(codestream) < start + 24:
+        return None
+    x_end, y_end, x_offset, y_offset = struct.unpack_from(">IIII", codestream, start + 8)
+    return x_end - x_offset, y_end - y_offset
+
+
+def _jp2_codestream_start(jp2: bytes) -> int | None:
+    """Where the contents of a JP2 file's codestream box begin, walking its boxes."""
+    offset = 0
+    while offset + 8 <= len(jp2):
+        length, kind = struct.unpack_from(">I4s", jp2, offset)
+        if kind == JP2_CODESTREAM_BOX:
+            return offset + (16 if length == 1 else 8)  # 1: a 64-bit length follows the type
+        if length < 8:  # 0 (up to the end) or 1 (64-bit): not a box the codestream follows
+            return None
+        offset += length
+    return None
+
+
+def _check_rle_segments(frame: bytes, plane: int) -> None:
+    """Refuse an RLE frame with a segment that decodes to more than twice its `plane` of Rows x
+    Columns bytes (pydicom accepts, and drops, a little excess padding)."""
+    count, *offsets = RLE_HEADER.unpack_from(frame)
+    bounds = [*offsets[:count], len(frame)]
+    for start, end in zip(bounds, bounds[1:]):
+        if _rle_decoded_length(frame, start, end, 2 * plane) > 2 * plane:
+            raise CorruptImageError(f"the DICOM RLE pixel data decode to more than the {plane} bytes "
+                                    "of each plane the header declares")
+
+
+def _rle_decoded_length(data: bytes, start: int, end: int, limit: int) -> int:
+    """How long the PackBits segment data[start:end] decodes, counted until it passes `limit`."""
+    length, position = 0, start
+    while position < end and length <= limit:
+        header = data[position]
+        if header < 128:  # the next header + 1 bytes, literally
+            length, position = length + header + 1, position + header + 2
+        elif header > 128:  # the next byte, 257 - header times
+            length, position = length + 257 - header, position + 2
+        else:  # 128: no operation
+            position += 1
+    return length
+
+
+def _require_decoded_shape(stored: np.ndarray, dataset: Dataset) -> None:
+    """Refuse decoded pixels of another shape than the header's one frame of Rows x Columns (pydicom
+    returns the extra frames it finds in pixel data longer than one frame)."""
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    colour = _text(dataset, "PhotometricInterpretation") in COLOUR
+    expected = (rows, columns, 3) if colour else (rows, columns)
+    if stored.shape != expected:
+        raise _size_mismatch(dataset, f"its pixel data decode to an array of shape {stored.shape}")
+
+
+def _size_mismatch(dataset: Dataset, found: str) -> CorruptImageError:
+    return CorruptImageError(f"the DICOM header declares {int(dataset.Columns)} x {int(dataset.Rows)} "
+                             f"pixels (columns x rows), but {found}")
+
+
 def _read(file: BinaryIO, pixels: bool) -> Dataset:
     """pydicom's reading of `file`, forced to read a data set without preamble or file meta."""
     with decoder_failures(CorruptImageError, "the DICOM file is damaged or truncated"):
+        _refuse_deflated(file)
         return dcmread(file, force=True, stop_before_pixels=not pixels)
 
 
+def _refuse_deflated(file: BinaryIO) -> None:
+    """Refuse a deflated data set from its file meta, before pydicom inflates all of it into memory
+    (with no limit: a few kilobytes inflate to megabytes, an upload at the limit to many gigabytes)."""
+    read_preamble(file, force=True)
+    meta = data_element_generator(file, is_implicit_VR=False, is_little_endian=True,
+                                  stop_when=lambda tag, vr, length: tag.group != FILE_META_GROUP)
+    syntax = next((element.value for element in meta if element.tag == TRANSFER_SYNTAX_TAG), None)
+    file.seek(0)
+    if (syntax or b"").rstrip(b"\0 ").decode("ascii", "replace") == DeflatedExplicitVRLittleEndian:
+        raise UnsupportedImageError("deflated DICOM files are not supported; send the image "
+                                    "uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE")
+
+
 def _with_elements(dataset: Dataset) -> Dataset:
-    """`dataset`, refused as truncated when pydicom read no element of it: it drops them all when
-    one (encapsulated pixel data, a sequence) ends before its delimiter."""
+    """`dataset`, refused as truncated when pydicom read no element of it (it drops them all when
+    one, encapsulated pixel data or a sequence, ends before its delimiter) or when the file ends
+    inside the value of its last element (pydicom keeps the shorter value)."""
     if len(dataset) == 0:
         raise CorruptImageError(
             "the DICOM file is damaged or truncated: no data element could be read")
+    last = dataset.get_item(next(reversed(dataset.keys())))
+    if _cut_short(last):
+        raise CorruptImageError(
+            f"the DICOM file is damaged or truncated: it ends inside element {last.tag}")
     return dataset
+
+
+def _cut_short(element: object) -> bool:
+    """Whether the file ends inside the value of a raw (not yet converted) data element."""
+    return (isinstance(element, RawDataElement) and element.length != UNDEFINED_LENGTH
+            and len(element.value or b"") < element.length)
 
 
 def _ensure_transfer_syntax(dataset: Dataset) -> None:
@@ -163,14 +348,28 @@ def _require_decoder(syntax: UID) -> None:
 
 
 def _monochrome_to_unit(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
-    """Modality LUT, then VOI (or min-max), then MONOCHROME1 inversion."""
-    values = apply_modality_lut(stored, dataset)
+    """Modality LUT, then VOI (or min-max), then MONOCHROME1 inversion.
+
+    Unsigned pixels of up to 16 bits go through a table of grey per stored level: pydicom's LUTs
+    work in float64, which on the whole image would take several copies of 8 bytes a pixel.
+    """
+    if stored.dtype.kind != "u" or stored.dtype.itemsize > 2:
+        return _levels_to_unit(stored, dataset, present=slice(None))
+    levels = np.arange(int(stored.max()) + 1)
+    present = np.zeros(levels.size, dtype=bool)
+    present[stored] = True
+    return _levels_to_unit(levels, dataset, present)[stored]
+
+
+def _levels_to_unit(levels: np.ndarray, dataset: Dataset, present: np.ndarray | slice) -> np.ndarray:
+    """Grey float32 in [0, 1] of stored `levels`; min-max (without a VOI) spans the `present` ones."""
+    values = apply_modality_lut(levels, dataset)
     grey = _apply_voi(values, dataset)
     if grey is None:
-        grey = _min_max(values)
+        grey = _min_max(values, values[present])
     if _text(dataset, "PhotometricInterpretation") == "MONOCHROME1":
         grey = 1.0 - grey
-    return grey
+    return grey.astype(np.float32, copy=False)
 
 
 def _apply_voi(values: np.ndarray, dataset: Dataset) -> np.ndarray | None:
@@ -206,10 +405,10 @@ def _lut_domain(dataset: Dataset) -> tuple[int, int]:
     return int(first_mapped), int(entries) or 2**16
 
 
-def _min_max(values: np.ndarray) -> np.ndarray:
-    """Scale the finite values to [0, 1]; a constant image becomes zeros."""
-    values = values.astype(np.float32)
-    finite = values[np.isfinite(values)]
+def _min_max(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Scale `values` to [0, 1] by the finite extremes of `among`; a constant image becomes zeros."""
+    values, among = values.astype(np.float32), among.astype(np.float32)
+    finite = among[np.isfinite(among)]
     low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
     if low == high:
         return np.zeros(values.shape, dtype=np.float32)

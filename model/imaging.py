@@ -138,7 +138,8 @@ def _check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
 
 
 def _decode_dicom(dataset: Dataset, limits: ImageLimits) -> DecodedImage:
-    """The image of a parsed DICOM data set, its size checked against `limits` before decoding."""
+    """The image of a parsed DICOM data set, its size checked against `limits` before decoding (the
+    header has checked that compressed pixel data state the same size as Rows and Columns)."""
     header = dicom_header(dataset)
     _check_dimensions(header.columns, header.rows, limits)
     pixels, bit_depth = decode_dicom_pixels(dataset)
@@ -159,14 +160,16 @@ def _decode_raster(data: bytes, source_format: str, limits: ImageLimits) -> Deco
 
 def _raster_to_unit(image: Image.Image) -> tuple[np.ndarray, int]:
     """Grey in [0, 1] and its bit depth: 16-bit grey by 65535, everything else as 8-bit L by 255."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        return np.asarray(image, dtype=np.float32) / 65535.0, 16
-    if image.mode != "L":
+    sixteen_bit = image.mode in SIXTEEN_BIT_MODES
+    if not sixteen_bit and image.mode != "L":
         image = image.convert("L")
-    return np.asarray(image, dtype=np.float32) / 255.0, 8
+    pixels = np.asarray(image, dtype=np.float32)
+    pixels /= 65535.0 if sixteen_bit else 255.0
+    return pixels, 16 if sixteen_bit else 8
 
 
 def _unit_interval(pixels: np.ndarray) -> np.ndarray:
-    """Finite float32 values clipped to [0, 1] (NaN -> 0)."""
-    pixels = np.nan_to_num(pixels.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    """Finite float32 values clipped to [0, 1] (NaN -> 0), in place when `pixels` is float32."""
+    pixels = np.nan_to_num(pixels.astype(np.float32, copy=False), copy=False,
+                           nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(pixels, 0.0, 1.0, out=pixels)

@@ -1,6 +1,7 @@
-"""The FastAPI application: `create_app(settings)` wires the routes, the problem handlers, the upload
-limit, request logging and metrics; its lifespan loads the model and the index in a worker thread, and
-tries again every `load_retry_seconds` after a failure until it succeeds or the service stops."""
+"""The FastAPI application: `create_app(settings)` wires the routes, the problem handlers, admission
+control, the upload limit, request logging, metrics and the database probe of `/readyz`; its lifespan
+loads the model and the index in a worker thread, and tries again every `load_retry_seconds` after a
+failure until it succeeds or the service stops."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from service.admission import AdmissionMiddleware
+from service.db.session import DatabaseProbe
 from service.problems import install_problem_handlers
 from service.request_log import RequestLogMiddleware
 from service.routes import admin, cases, health, saliency, search
@@ -39,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The service application for `settings` (default: the CHEXTRIEV_* environment)."""
     settings = settings or get_settings()
     state = ServiceState(settings)
+    database_probe = DatabaseProbe(state.engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             stopping.set()
             await loading  # a load in progress finishes first: its thread cannot be interrupted
+            database_probe.close()
             state.close()
 
     # /docs and /redoc with their scripts, styles and favicon served from the fastapi-offline package:
@@ -56,8 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPIOffline(title="CheXtriev retrieval service", description=DESCRIPTION, version="1",
                          lifespan=lifespan, static_url=DOCS_ASSETS_URL)
     app.state.service = state
+    app.state.database_probe = database_probe
     install_problem_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(AdmissionMiddleware, limit=settings.max_concurrent_searches,
+                       queue=settings.max_queued_searches, registry=state.metrics.registry)
     app.add_middleware(RequestLogMiddleware, metrics=state.metrics)
     for router in (search.router, saliency.router, cases.router, health.router):
         app.include_router(router)

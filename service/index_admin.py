@@ -1,23 +1,30 @@
 """Index administration: list the store, activate a snapshot, roll back; every request is recorded.
 
-Activation verifies the snapshot (checksums, dimension, model fingerprint), loads it, runs its
-canary search and swaps it in atomically (index_store.active.ActiveIndex); on any failure the active
-snapshot stays, the refusal is recorded with its reason, and the typed error answers the request.
+Activation verifies the snapshot (checksums, dimension, model fingerprint), loads it and runs its
+canary search; then, still under the index's activation lock, records the new active choice in the
+database, and only once that is committed swaps the snapshot in (index_store.active.ActiveIndex). So
+the database and the live index agree whatever fails and in whatever order requests arrive: on any
+failure, the recording included, the active snapshot stays and the request gets the typed error.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
-from index_store.active import ActiveIndex
+from sqlalchemy.exc import SQLAlchemyError
+
+from index_store.active import ActiveIndex, Commit, NoPreviousSnapshotError
 from index_store.errors import SnapshotError
 from index_store.manifest import Manifest
 from index_store.store import list_snapshots
-from service.problems import Problem
+from service.db.session import driver_message
+from service.problems import Problem, unavailable
 from service.schemas import ActivationResponse, IndexListing, SnapshotSummary
-from service.snapshot_records import record_outcome
+from service.snapshot_records import commit_activation, record_refusal
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -34,39 +41,51 @@ def index_listing(state: ServiceState) -> IndexListing:
 
 
 def activate_version(state: ServiceState, version: str, actor: str) -> ActivationResponse:
-    """Verify, load, canary-check and swap in `version`; recorded as "activated" or "refused"."""
+    """Verify, load, canary-check, record and swap in `version`; audited as "activated" or "refused"."""
     index = _index(state)
-    return _record(state, index, version, actor, "activated", lambda: index.activate(version))
+    return _change(state, index, lambda: version, actor, "activated",
+                   lambda commit: index.activate(version, commit=commit))
 
 
 def roll_back(state: ServiceState, actor: str) -> ActivationResponse:
-    """Swap the previously active snapshot back in; recorded as "rolled_back" or "refused"."""
+    """Swap the previously active snapshot back in; audited as "rolled_back" or "refused". The target
+    is read under the index's activation lock, so concurrent rollbacks take turns."""
     index = _index(state)
-    target = index.previous_version
-    if target is None:
-        current = index.manifest.version if index.manifest else "none"
-        record_outcome(state.sessions, current, actor, "refused", "there is no previous snapshot to roll back to")
-        raise Problem(409, "no-previous-snapshot", "there is no previous snapshot to roll back to")
-    return _record(state, index, target, actor, "rolled_back", index.rollback)
+    try:
+        return _change(state, index, lambda: index.previous_version or "none", actor, "rolled_back",
+                       lambda commit: index.rollback(commit=commit))
+    except NoPreviousSnapshotError as error:
+        raise Problem(409, "no-previous-snapshot", str(error)) from error
 
 
-def _record(state: ServiceState, index: ActiveIndex, version: str, actor: str, outcome: str,
-            swap) -> ActivationResponse:
+def _change(state: ServiceState, index: ActiveIndex, refused_version: Callable[[], str], actor: str,
+            outcome: str, swap: Callable[[Commit], Manifest]) -> ActivationResponse:
+    """Run `swap` with a commit that records the outcome before the swap takes effect; a refusal is
+    audited under `refused_version()` (for a rollback, the target it could not bring back)."""
     requested_at = datetime.now(timezone.utc)
     try:
-        manifest: Manifest = swap()
+        manifest = swap(partial(_commit, state, actor, outcome, requested_at))
+    except SQLAlchemyError as error:
+        logger.error("index activation not recorded; the active snapshot stays",
+                     extra={"version": refused_version(), "actor": actor, "problem": driver_message(error)})
+        raise unavailable("activation-not-recorded", "the activation could not be recorded in the database, so it "
+                          "did not take effect; the active snapshot is unchanged") from error
     except SnapshotError as error:
-        record_outcome(state.sessions, version, actor, "refused", str(error), requested_at=requested_at)
+        version = refused_version()
+        record_refusal(state.sessions, version, actor, str(error), requested_at=requested_at)
         logger.warning("index activation refused", extra={"version": version, "actor": actor, "problem": str(error)})
         raise
-    record_outcome(state.sessions, version, actor, outcome, None, manifest, requested_at=requested_at)
     state.mark_index_active()
-    logger.info("index activation", extra={"version": version, "actor": actor, "outcome": outcome})
+    logger.info("index activation", extra={"version": manifest.version, "actor": actor, "outcome": outcome})
     return ActivationResponse(active=SnapshotSummary.of_manifest(manifest), previous_version=index.previous_version)
+
+
+def _commit(state: ServiceState, actor: str, outcome: str, requested_at: datetime,
+            manifest: Manifest, previous_version: str | None) -> None:
+    commit_activation(state.sessions, manifest, previous_version, actor, outcome, requested_at=requested_at)
 
 
 def _index(state: ServiceState) -> ActiveIndex:
     if state.index is None:
-        raise Problem(503, "not-ready", f"the index is not available: {state.load_problem}",
-                      headers={"Retry-After": "5"})
+        raise unavailable("not-ready", f"the index is not available: {state.load_problem}")
     return state.index

@@ -2,8 +2,9 @@
 
 `errors` lists each bad field as ``{"field": ..., "problem": ...}`` (region problems add
 ``"region"``). Typed errors of the model and index store map to their statuses here, FastAPI's own
-validation errors and Starlette's routing errors are rewritten into the same shape, and anything
-unexpected becomes a 500 whose detail carries only an error id (the traceback goes to the log).
+validation errors and Starlette's routing errors are rewritten into the same shape, running out of
+memory or losing the database are 503s with `Retry-After`, and anything unexpected becomes a 500
+whose detail carries only an error id (the traceback goes to the log).
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index_store.errors import (
     SnapshotCorruptError,
     SnapshotError,
     SnapshotExistsError,
+    SnapshotFileChangedError,
     SnapshotIncompatibleError,
     SnapshotInputError,
     SnapshotNotFoundError,
@@ -35,12 +40,15 @@ from model.errors import (
     RegionError,
     UnsupportedImageError,
 )
+from service.db.session import driver_message
 from service.study_checks import UnsupportedStudyError
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:chextriev:problem:"
+# Seconds a client is asked to wait after the database was unreachable or memory ran out.
+RETRY_AFTER_SECONDS = 5
 
 
 @dataclass(eq=False)
@@ -55,6 +63,16 @@ class Problem(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(self.detail)
+
+
+def unavailable(slug: str, detail: str, retry_after_seconds: int = RETRY_AFTER_SECONDS) -> Problem:
+    """A 503 problem asking the client to try again after `retry_after_seconds`."""
+    return Problem(503, slug, detail, headers={"Retry-After": str(retry_after_seconds)})
+
+
+def database_unavailable() -> Problem:
+    """The 503 problem of a database that cannot be reached or does not answer."""
+    return unavailable("database-unavailable", "the database cannot be reached; try again shortly")
 
 
 def field_problem(field_name: str, problem: str, **extra: Any) -> dict[str, Any]:
@@ -103,6 +121,10 @@ _SNAPSHOT_ERRORS: tuple[tuple[type[SnapshotError], int, str], ...] = (
 
 def problem_from_error(error: ChextrievError | SnapshotError) -> Problem:
     """The problem for a typed error of the model or the index store."""
+    if isinstance(error, SnapshotFileChangedError):  # the server's fault; its path stays in the log
+        logger.error("the active snapshot changed on disk", extra={"problem": str(error)})
+        return unavailable("snapshot-damaged", "the active index snapshot changed on disk after it was "
+                           "activated; an administrator must activate a sound snapshot")
     if isinstance(error, RegionError):
         return Problem(422, "invalid-regions", str(error), [
             field_problem("regions", p.problem, region=p.region) for p in error.problems])
@@ -122,6 +144,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SnapshotError, _typed_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    for error_class in (MemoryError, torch.OutOfMemoryError):
+        app.add_exception_handler(error_class, _out_of_memory_handler)
+    for error_class in (DBAPIError, PoolTimeoutError):
+        app.add_exception_handler(error_class, _database_handler)
     app.add_exception_handler(Exception, _unexpected_handler)
 
 
@@ -148,6 +174,21 @@ async def _http_exception_handler(request: Request, error: StarletteHTTPExceptio
         detail = f"no resource at {request.url.path}"
     return problem_response(Problem(error.status_code, slugs.get(error.status_code, "http-error"),
                                     detail, headers=dict(error.headers or {})))
+
+
+async def _out_of_memory_handler(request: Request, error: Exception) -> JSONResponse:
+    logger.error("out of memory", exc_info=error, extra={"route": _route_template(request)})
+    return problem_response(unavailable("insufficient-memory",
+                                        "the service ran out of memory for this request; try again later"))
+
+
+async def _database_handler(request: Request, error: Exception) -> JSONResponse:
+    """503 for a database that cannot be reached (a refused or lost connection, a full pool); any other
+    database error (a constraint, a bad statement) is a bug and answered as one."""
+    if isinstance(error, DBAPIError) and not (isinstance(error, OperationalError) or error.connection_invalidated):
+        return await _unexpected_handler(request, error)
+    logger.error("database unavailable", extra={"route": _route_template(request), "problem": driver_message(error)})
+    return problem_response(database_unavailable())
 
 
 async def _unexpected_handler(request: Request, error: Exception) -> JSONResponse:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from index_store.manifest import Manifest
+from index_store.manifest import VERSION_PATTERN, Manifest
 from index_store.store import StoreEntry
+from service.public_fields import PUBLIC_METADATA_KEYS, PublicMetadata
 
 
 class ProblemEntry(BaseModel):
@@ -36,7 +37,7 @@ class SearchResult(BaseModel):
     case_id: str
     score: float = Field(description="cosine similarity of the query and the case")
     findings: list[str]
-    metadata: dict[str, Any]
+    metadata: PublicMetadata = Field(description=f"allow-listed keys only: {', '.join(sorted(PUBLIC_METADATA_KEYS))}")
 
 
 class SearchTimings(BaseModel):
@@ -97,17 +98,15 @@ class CaseRegion(BaseModel):
 
 
 class CaseResponse(BaseModel):
-    """A gallery case as stored (the patient is never shown, not even as a hash)."""
+    """A gallery case as stored, its allow-listed fields only (never the patient, not even as a hash,
+    nor DICOM UIDs)."""
 
     case_id: str
-    study_uid: str | None
-    series_uid: str | None
-    sop_uid: str | None
     findings: list[str]
     regions: list[CaseRegion]
     width: int
     height: int
-    metadata: dict[str, Any]
+    metadata: PublicMetadata = Field(description=f"allow-listed keys only: {', '.join(sorted(PUBLIC_METADATA_KEYS))}")
     thumbnail_url: str
 
 
@@ -146,7 +145,19 @@ class IndexListing(BaseModel):
 class ActivateRequest(BaseModel):
     """Which published snapshot version to activate."""
 
-    version: str = Field(min_length=1, max_length=128)
+    # The pattern is documented, not enforced here: the index store refuses any other name (422) and
+    # the refusal is audited like every activation request. Only a NUL, which no directory name and no
+    # database row can hold, is refused before that.
+    version: str = Field(min_length=1, max_length=128, json_schema_extra={"pattern": f"^{VERSION_PATTERN.pattern}$"},
+                         description="a published snapshot version: letters, digits, '.', '_' or '-', "
+                                     "starting with a letter or digit")
+
+    @field_validator("version")
+    @classmethod
+    def _without_nul(cls, version: str) -> str:
+        if "\x00" in version:
+            raise ValueError("a snapshot version cannot contain a NUL character")
+        return version
 
 
 class ActivationResponse(BaseModel):

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import numpy as np
+
 from index_store.errors import SnapshotError
 from index_store.search import Exclusion
-from model.anatomy import parse_regions, validate_regions
+from model.anatomy import Box, parse_regions, validate_regions
 from model.errors import ChextrievError
-from model.imaging import ImageLimits, decode_image
+from model.imaging import DecodedImage, ImageLimits, decode_image
 from model.patient_keys import patient_hash
 from service.db.repository import SearchAuditRecord, get_cases, record_search
 from service.db.session import session_scope
@@ -56,15 +59,20 @@ def run_search(state: ServiceState, query: SearchQuery) -> SearchResponse:
     return response
 
 
+def decode_query(upload: bytes, regions: Mapping[str, Box], limits: ImageLimits) -> tuple[DecodedImage, np.ndarray]:
+    """The decoded upload, checked to be a searchable study, and its validated (18, 4) boxes."""
+    image = decode_image(upload, limits)
+    check_searchable_study(image.dicom)
+    return image, validate_regions(regions, image.width, image.height)
+
+
 def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
     embedder, index = state.require_ready()
     regions = parse_regions(query.regions)
     exclusion = _exclusion(state, query.exclude_patient_id)
     with timer.phase("decode"):
         limits = ImageLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_image_pixels)
-        image = decode_image(query.image, limits)
-        check_searchable_study(image.dicom)
-        boxes = validate_regions(regions, image.width, image.height)
+        image, boxes = decode_query(query.image, regions, limits)
     with timer.phase("embed"):
         embeddings = embedder.embed(image.pixels, boxes)
     with timer.phase("search"), index.lease() as snapshot:

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     active_version: str | None = None
     thumbnail_max_side: int = 256
     load_retry_seconds: float = Field(default=10.0, gt=0)
+    # Searches, saliency and region finding in progress at once, and how many more may wait for a
+    # slot (their uploads unread); one more is answered 503 at once.
+    max_concurrent_searches: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
+    max_queued_searches: int = Field(default=64, ge=0)
 
     @field_validator("device")
     @classmethod

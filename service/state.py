@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,10 +25,10 @@ from model.precision import dtype_named
 from model.saliency import OcclusionResult
 from service.db.session import make_engine, make_session_factory
 from service.metrics import IndexReading, ServiceMetrics
-from service.problems import Problem
+from service.problems import unavailable
 from service.query_cache import QueryCache, TtlLruCache
 from service.settings import Settings
-from service.snapshot_records import record_outcome
+from service.snapshot_records import commit_activation, record_refusal, recorded_choice
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ class ServiceState:
         """The embedder and the active index, or a 503 problem saying why they are not there."""
         embedder, index = self.embedder, self.index
         if embedder is None or index is None or index.manifest is None:
-            raise Problem(503, "not-ready", f"the service is not ready: {self.load_problem}",
-                          headers={"Retry-After": "5"})
+            raise unavailable("not-ready", f"the service is not ready: {self.load_problem}")
         return embedder, index
 
     def index_reading(self) -> IndexReading:
@@ -71,8 +71,9 @@ class ServiceState:
         return IndexReading(manifest, self.ready, len(self.query_cache))
 
     def load(self) -> None:
-        """Load the checkpoint, then open the configured (or newest compatible) snapshot; never raises,
-        a failure is kept in `load_problem` for `/readyz`."""
+        """Load the checkpoint, then activate the snapshot the database records as active (else the
+        configured or newest compatible one); never raises, a failure is kept in `load_problem` for
+        `/readyz`."""
         with self._load_lock:
             started = time.perf_counter()
             self.load_problem = "loading the model and the index snapshot"
@@ -109,14 +110,32 @@ class ServiceState:
         self.engine.dispose()
 
     def _activate_startup_version(self) -> None:
+        """Activate what the database records as active (its rollback target kept); if that snapshot
+        cannot serve, the recorded previous one; else the configured or newest compatible version.
+        Each refusal is audited; a snapshot an administrator activated meanwhile is kept."""
+        recorded = recorded_choice(self.sessions)
+        candidates = [] if recorded is None else [(recorded.version, recorded.previous_version)]
+        if recorded is not None and recorded.previous_version is not None:
+            candidates.append((recorded.previous_version, None))
+        for version, previous_version in candidates:
+            try:
+                self._restore(version, previous_version)
+                return
+            except SnapshotError as error:
+                record_refusal(self.sessions, version, STARTUP_ACTOR, str(error))
+                logger.warning("recorded index snapshot cannot serve", extra={
+                    "version": version, "problem": f"{type(error).__name__}: {error}"})
         version = self.settings.active_version or _newest_compatible(
             Path(self.settings.index_store), self.embedder.fingerprint)
         try:
-            manifest = self.index.activate(version)
+            self._restore(version, None)
         except SnapshotError as error:
-            record_outcome(self.sessions, version, STARTUP_ACTOR, "refused", str(error))
+            record_refusal(self.sessions, version, STARTUP_ACTOR, str(error))
             raise
-        record_outcome(self.sessions, version, STARTUP_ACTOR, "activated", None, manifest)
+
+    def _restore(self, version: str, previous_version: str | None) -> None:
+        self.index.restore(version, previous_version, commit=partial(
+            commit_activation, self.sessions, actor=STARTUP_ACTOR, outcome="activated"))
 
 
 def _load_embedder(settings: Settings) -> Embedder:

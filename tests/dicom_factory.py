@@ -7,7 +7,8 @@ import io
 import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.uid import RLELossless, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, RLELossless, generate_uid
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 # Identifiers written into every file, so tests can check that none of them comes back out.
@@ -35,17 +36,7 @@ def dicom_bytes(
     compresses with RLE Lossless; `file_meta=False` writes the bare data set (implicit VR little
     endian, no preamble, no file meta), which cannot be combined with `rle`.
     """
-    dataset = Dataset()
-    dataset.SOPClassUID = CR_IMAGE_STORAGE
-    dataset.StudyInstanceUID = generate_uid()
-    dataset.SeriesInstanceUID = generate_uid()
-    dataset.Modality = "CR"
-    dataset.ViewPosition = "PA"
-    dataset.BodyPartExamined = "CHEST"
-    dataset.PatientName = PATIENT_NAME
-    dataset.PatientID = PATIENT_ID
-    dataset.PatientBirthDate = "19700101"
-    dataset.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
+    dataset = chest_dataset(pixels, photometric, bits_stored)
     if rescale is not None:
         dataset.RescaleSlope, dataset.RescaleIntercept = rescale
     if window is not None:
@@ -57,6 +48,39 @@ def dicom_bytes(
         dataset.VOILUTSequence = [item]
     if rle:
         dataset.compress(RLELossless)
+    return dicom_file_bytes(dataset, file_meta=file_meta)
+
+
+def encapsulated_dicom_bytes(syntax: UID, codestreams: list[bytes], *, rows: int, columns: int) -> bytes:
+    """A CR chest PA DICOM Part 10 file of 8-bit grey pixels declaring `rows` x `columns`, whatever
+    its compressed pixel data hold: `codestreams` (JPEG, JPEG 2000, ... of `syntax`), one per frame,
+    with a Basic Offset Table listing them when there are several."""
+    dataset = chest_dataset(np.zeros((rows, columns), dtype=np.uint8))
+    dataset.PixelData = encapsulate(codestreams, has_bot=len(codestreams) > 1)
+    dataset.file_meta.TransferSyntaxUID = syntax
+    return dicom_file_bytes(dataset)
+
+
+def chest_dataset(pixels: np.ndarray, photometric: str = "MONOCHROME2",
+                  bits_stored: int | None = None) -> Dataset:
+    """A CR chest PA data set of the test patient holding `pixels` uncompressed."""
+    dataset = Dataset()
+    dataset.SOPClassUID = CR_IMAGE_STORAGE
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.Modality = "CR"
+    dataset.ViewPosition = "PA"
+    dataset.BodyPartExamined = "CHEST"
+    dataset.PatientName = PATIENT_NAME
+    dataset.PatientID = PATIENT_ID
+    dataset.PatientBirthDate = "19700101"
+    dataset.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
+    return dataset
+
+
+def dicom_file_bytes(dataset: Dataset, *, file_meta: bool = True) -> bytes:
+    """`dataset` written as a DICOM Part 10 file, or (`file_meta=False`) as the bare data set
+    (implicit VR little endian, no preamble, no file meta)."""
     buffer = io.BytesIO()
     if file_meta:
         dcmwrite(buffer, dataset, enforce_file_format=True)

@@ -1,4 +1,4 @@
-"""`chextriev bench search`: gallery-search benchmark on synthetic clustered unit vectors (index_store.bench)."""
+"""`chextriev bench`: gallery search speed (`search`), peak memory of a search at the limits (`peak-memory`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from pathlib import Path
 
 from index_store.bench import BenchConfig, run_search_benchmark
 from index_store.errors import SnapshotError
+from model.errors import ChextrievError
+from model.imaging import ImageLimits
+from service.peak_memory import FORMATS, SHAPES, PeakMemoryConfig, run_peak_memory
+from service.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `bench` subcommand and its `search` benchmark."""
+    """Add the `bench` subcommand and its `search` and `peak-memory` benchmarks."""
     parser = subparsers.add_parser("bench", help="benchmarks")
     benches = parser.add_subparsers(dest="bench", required=True)
     search = benches.add_parser("search", help="build time, memory, latency and recall of FAISS indexes")
@@ -26,6 +30,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     search.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default 50)")
     search.set_defaults(handler=_search)
+    _register_peak_memory(benches)
+
+
+def _register_peak_memory(benches: argparse._SubParsersAction) -> None:
+    """Add the `peak-memory` benchmark: its limits default to the service's (service.settings)."""
+    defaults = Settings.model_fields
+    memory = benches.add_parser(
+        "peak-memory", help="peak RSS of decoding and embedding the largest allowed image, one child process each")
+    memory.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint directory")
+    memory.add_argument("--out", type=Path, required=True,
+                        help="JSON report, rewritten atomically after each case")
+    memory.add_argument("--max-pixels", type=int, default=defaults["max_image_pixels"].default,
+                        help="the service's max_image_pixels (default: the service's default)")
+    memory.add_argument("--max-bytes", type=int, default=defaults["max_upload_bytes"].default,
+                        help="the service's max_upload_bytes (default: the service's default)")
+    memory.add_argument("--format", action="append", choices=FORMATS,
+                        help="upload format; repeat for several (default: all)")
+    memory.add_argument("--shape", action="append", choices=SHAPES,
+                        help="image shape; repeat for several (default: all)")
+    memory.set_defaults(handler=_peak_memory)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -51,3 +75,25 @@ def _search(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {args.out}")
     return 0
+
+
+def _peak_memory(args: argparse.Namespace) -> int:
+    config = PeakMemoryConfig(checkpoint=args.checkpoint, out=args.out,
+                              limits=ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels),
+                              formats=tuple(args.format or FORMATS), shapes=tuple(args.shape or SHAPES))
+    try:
+        report = run_peak_memory(config)
+    except ChextrievError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for case in report["cases"]:
+        print(_peak_memory_line(case, report["baseline"]["peak_rss_bytes"]))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _peak_memory_line(case: dict, baseline: int) -> str:
+    mebibytes = {key: case[key] / 2**20 for key in ("peak_rss_bytes", "over_baseline_bytes")}
+    return (f"{case['format']:>20} {case['shape']:>9} {case['width']} x {case['height']}: peak "
+            f"{mebibytes['peak_rss_bytes']:.0f} MiB, {mebibytes['over_baseline_bytes']:.0f} MiB over the "
+            f"model-only {baseline / 2**20:.0f} MiB")

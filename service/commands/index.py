@@ -1,8 +1,9 @@
-"""`chextriev index build|publish|list`: snapshots of gallery embeddings in an index store.
+"""`chextriev index build|publish|list|clean`: snapshots of gallery embeddings in an index store.
 
 `build` reads the gallery embeddings file the offline trainer writes (format: index_store.gallery)
 and either publishes the snapshot straight into a store (`--store`) or writes it into a new staging
-directory (`--out`) that `publish` later verifies and publishes atomically.
+directory (`--out`) that `publish` later verifies and publishes atomically. `clean` removes the
+staging directories that killed publishers left inside a store (every publish does so too).
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ from pathlib import Path
 from index_store.errors import SnapshotError
 from index_store.faiss_index import EXACT_FACTORY
 from index_store.gallery import read_gallery_npz, resolve_fingerprint
-from index_store.store import build_snapshot, list_snapshots, publish_directory, publish_gallery
+from index_store.store import (
+    build_snapshot,
+    list_snapshots,
+    publish_directory,
+    publish_gallery,
+    remove_abandoned_staging,
+)
 
 _LIST_COLUMNS = ("version", "created", "count", "dimension", "factory", "model_fingerprint")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `index` subcommand and its actions."""
-    parser = subparsers.add_parser("index", help="build, publish and list index snapshots")
+    parser = subparsers.add_parser("index", help="build, publish, list and clean index snapshots")
     actions = parser.add_subparsers(dest="action", required=True)
 
     build = actions.add_parser("build", help="build a snapshot from a gallery embeddings .npz")
@@ -43,12 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     publish = actions.add_parser("publish", help="verify a staged snapshot and publish it into a store")
     publish.add_argument("--snapshot", type=Path, required=True, help="snapshot directory built with --out")
     publish.add_argument("--store", type=Path, required=True, help="index store directory")
+    publish.add_argument("--as-version", help="publish a copy under this version instead of the snapshot's own "
+                                              "(e.g. a published one again, to rehearse activations)")
     publish.set_defaults(handler=_publish)
 
     listing = actions.add_parser("list", help="list the snapshots of a store, oldest first")
     listing.add_argument("--store", type=Path, required=True, help="index store directory")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=_list)
+
+    clean = actions.add_parser("clean", help="remove the staging directories of dead publishers from a store")
+    clean.add_argument("--store", type=Path, required=True, help="index store directory")
+    clean.set_defaults(handler=_clean)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -72,7 +85,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     try:
-        manifest = publish_directory(args.snapshot, args.store)
+        manifest = publish_directory(args.snapshot, args.store, version=args.as_version)
     except SnapshotError as exc:
         return _fail(exc)
     print(json.dumps(manifest.summary()))
@@ -97,6 +110,16 @@ def _list(args: argparse.Namespace) -> int:
     for row in rows:
         if row["problem"] is not None:
             print(f"{row['version']}  UNREADABLE: {row['problem']}")
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    try:
+        removed = remove_abandoned_staging(args.store)
+    except SnapshotError as exc:
+        return _fail(exc)
+    for path in removed:
+        print(f"removed {path}")
     return 0
 
 

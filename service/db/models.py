@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models of the service database: cases, index snapshots and activations, search audit.
+"""SQLAlchemy 2 models of the service database: cases, index snapshots, their activations and the active
+one, search audit.
 
 Portable between SQLite and PostgreSQL: JSON columns are `sa.JSON`, timestamps are timezone-aware UTC.
 No column holds a patient identifier or image bytes; patients appear only as salted hashes.
@@ -85,7 +86,7 @@ class IndexSnapshot(Base):
     model_fingerprint: Mapped[str] = mapped_column(String(ID_LENGTH))
     dimension: Mapped[int] = mapped_column(Integer)
     count: Mapped[int] = mapped_column(Integer)
-    factory: Mapped[str] = mapped_column(String(256))
+    factory: Mapped[str] = mapped_column(Text)  # FAISS factory strings have no length bound
     created_at: Mapped[datetime]
     registered_at: Mapped[datetime] = mapped_column(default=utc_now)
 
@@ -106,6 +107,19 @@ class IndexActivation(Base):
     finished_at: Mapped[datetime]
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ActiveSnapshot(Base):
+    """Which snapshot serves searches and which one a rollback returns to: a single row, written in the
+    same transaction as the activation that changes it and restored when the service starts."""
+
+    __tablename__ = "active_snapshot"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[str] = mapped_column(String(ID_LENGTH))
+    previous_version: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    updated_at: Mapped[datetime]
 
 
 class SearchAudit(Base):

@@ -21,12 +21,20 @@ from sqlalchemy.orm import Session
 from model.catalogue import NUM_REGIONS
 from model.errors import ChextrievError
 from model.patient_keys import patient_hash
-from service.db.models import ACTIVATION_OUTCOMES, Case, IndexActivation, IndexSnapshot, SearchAudit, utc_now
+from service.db.models import (
+    ACTIVATION_OUTCOMES,
+    ActiveSnapshot,
+    Case,
+    IndexActivation,
+    IndexSnapshot,
+    SearchAudit,
+    utc_now,
+)
 
 __all__ = [
-    "ActivationRecord", "CaseRecord", "InvalidRecordError", "SearchAuditRecord", "UpsertCounts", "get_case",
-    "get_cases", "list_activations", "list_recent_searches", "patient_hash", "record_activation",
-    "record_search", "record_snapshot", "upsert_cases",
+    "ActivationRecord", "ActiveChoice", "CaseRecord", "InvalidRecordError", "SearchAuditRecord", "UpsertCounts",
+    "get_active_choice", "get_case", "get_cases", "list_activations", "list_recent_searches", "patient_hash",
+    "record_activation", "record_search", "record_snapshot", "set_active_choice", "upsert_cases",
 ]
 
 # Rows fetched per IN (...) query: far below every backend's bound-parameter limit.
@@ -94,6 +102,14 @@ class ActivationRecord:
     finished_at: datetime
     outcome: str
     detail: str | None
+
+
+@dataclass(frozen=True)
+class ActiveChoice:
+    """The snapshot version that serves searches and the one a rollback returns to."""
+
+    version: str
+    previous_version: str | None
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,22 @@ def record_activation(session: Session, version: str, actor: str, outcome: str, 
     session.add(row)
     session.flush()
     return _activation_record(row)
+
+
+def get_active_choice(session: Session) -> ActiveChoice | None:
+    """The recorded active snapshot and rollback target, or None before the first activation."""
+    row = session.get(ActiveSnapshot, 1)
+    return None if row is None else ActiveChoice(row.version, row.previous_version)
+
+
+def set_active_choice(session: Session, choice: ActiveChoice) -> None:
+    """Record which snapshot is active and which one a rollback returns to."""
+    row = session.get(ActiveSnapshot, 1)
+    if row is None:
+        row = ActiveSnapshot(id=1)
+        session.add(row)
+    row.version, row.previous_version, row.updated_at = choice.version, choice.previous_version, utc_now()
+    session.flush()
 
 
 def list_activations(session: Session, limit: int = 100) -> list[ActivationRecord]:

@@ -18,7 +18,8 @@ async def list_index(state: State, actor: Admin) -> IndexListing:
     return await run_in_threadpool(index_listing, state)
 
 
-@router.post("/index/activate", response_model=ActivationResponse, responses=problem_responses(404, 409, 422))
+@router.post("/index/activate", response_model=ActivationResponse,
+             responses=problem_responses(400, 404, 409, 413, 422))
 async def activate(body: ActivateRequest, state: State, actor: Admin) -> ActivationResponse:
     """Verify, load, canary-check and atomically swap in a published snapshot; the old one stays on failure."""
     return await run_in_threadpool(activate_version, state, body.version, actor)

@@ -21,20 +21,19 @@ CaseId = Annotated[str, Path(min_length=1, max_length=128)]
 THUMBNAIL_CACHE_CONTROL = "private, max-age=86400"
 
 
-@router.get("/cases/{case_id}", response_model=CaseResponse, responses=problem_responses(404))
+@router.get("/cases/{case_id}", response_model=CaseResponse, responses=problem_responses(404, 422, 503))
 def read_case(case_id: CaseId, state: State, request: Request) -> CaseResponse:
-    """The stored case: findings, region boxes, DICOM UIDs, size and metadata (never the patient)."""
+    """The stored case: findings, region boxes, size and allow-listed metadata (never the patient)."""
     case = _stored_case(state, case_id)
     return CaseResponse(
-        case_id=case.case_id, study_uid=case.study_uid, series_uid=case.series_uid, sop_uid=case.sop_uid,
-        findings=case.findings, regions=[CaseRegion(name=name, box=box)
+        case_id=case.case_id, findings=case.findings, regions=[CaseRegion(name=name, box=box)
                                          for name, box in zip(REGION_NAMES, case.region_boxes, strict=True)],
         width=case.width, height=case.height, metadata=case.metadata,
         thumbnail_url=str(request.url_for("case_thumbnail", case_id=case.case_id).path))
 
 
 @router.get("/cases/{case_id}/thumbnail", name="case_thumbnail", response_class=Response,
-            responses={**problem_responses(404), 200: {"content": {"image/jpeg": {}}}, 304: {}})
+            responses={**problem_responses(404, 422, 503), 200: {"content": {"image/jpeg": {}}}, 304: {}})
 async def case_thumbnail(case_id: CaseId, state: State,
                          if_none_match: Annotated[str | None, Header()] = None) -> Response:
     """A JPEG of the case's radiograph, longer side at most CHEXTRIEV_THUMBNAIL_MAX_SIDE pixels."""

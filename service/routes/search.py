@@ -24,7 +24,7 @@ async def search(
     request: Request,
     state: State,
     image: Annotated[UploadFile, File(description="DICOM Part 10, PNG (8 or 16 bit) or JPEG")],
-    regions: Annotated[str, Form(description=REGIONS_HELP)],
+    regions: Annotated[str, Form(min_length=1, description=REGIONS_HELP)],
     k: Annotated[int, Form(ge=1, le=100, description="how many cases to return")] = 5,
     exclude_patient_id: Annotated[str | None, Form(
         description="leave out every gallery case of this patient (matched by salted hash)")] = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from index_store.active import ActiveIndex
+from index_store.active import ActiveIndex, NoPreviousSnapshotError
 from index_store.errors import SnapshotIncompatibleError, SnapshotNotFoundError
 from index_store.search import QueryHits
 from index_store.snapshot import Snapshot
@@ -104,3 +104,71 @@ def test_searches_during_repeated_swaps_each_run_on_one_live_snapshot(store: Pat
     assert len(replaced) >= 2 and all(snapshot.closed for snapshot in replaced)
     active.close()
     assert current.closed
+
+
+def test_a_failed_commit_leaves_the_active_snapshot_serving(store: Path, publish) -> None:
+    publish("v2")
+    active = ActiveIndex(store)
+    active.activate("v1")
+    opened: list[Snapshot] = []
+
+    def refuse(manifest, previous_version):
+        with active.lease() as serving:
+            opened.append(serving)
+        raise RuntimeError(f"recording {manifest.version} (then {previous_version}) failed")
+
+    with pytest.raises(RuntimeError, match="recording v2 \\(then v1\\) failed"):
+        active.activate("v2", commit=refuse)
+    assert opened[0].version == "v1"  # the commit runs before the swap
+    assert (active.manifest.version, active.previous_version) == ("v1", None)
+    with pytest.raises(NoPreviousSnapshotError):
+        active.rollback()
+
+
+def test_commit_sees_what_will_serve_and_what_a_rollback_returns_to(store: Path, publish) -> None:
+    publish("v2")
+    active = ActiveIndex(store)
+    committed: list[tuple[str, str | None]] = []
+
+    def record(manifest, previous_version):
+        committed.append((manifest.version, previous_version))
+
+    active.activate("v1", commit=record)
+    active.activate("v2", commit=record)
+    active.rollback(commit=record)
+    active.activate("v1", commit=record)  # already active: nothing swaps, the request is still committed
+    assert committed == [("v1", None), ("v2", "v1"), ("v1", "v2"), ("v1", "v2")]
+
+
+def test_restore_keeps_a_snapshot_activated_before_it(store: Path, publish) -> None:
+    publish("v2")
+    active = ActiveIndex(store)
+    active.activate("v2")
+    assert active.restore("v1", None) is None
+    assert (active.manifest.version, active.previous_version) == ("v2", None)
+    fresh = ActiveIndex(store)
+    assert fresh.restore("v1", "v2").version == "v1"
+    assert fresh.rollback().version == "v2"
+
+
+def test_concurrent_rollbacks_take_turns(store: Path, publish) -> None:
+    """Eight rollbacks at once between v1 and v2: each commit names the version it swaps in and the
+    one it replaces, so the committed sequence alternates and ends where the index is."""
+    publish("v2")
+    active = ActiveIndex(store)
+    active.activate("v1")
+    active.activate("v2")
+    committed: list[tuple[str, str | None]] = []
+    start = threading.Barrier(8)
+
+    def roll_back() -> None:
+        start.wait()
+        active.rollback(commit=lambda manifest, previous: committed.append((manifest.version, previous)))
+
+    threads = [threading.Thread(target=roll_back) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert committed == [("v1", "v2"), ("v2", "v1")] * 4
+    assert (active.manifest.version, active.previous_version) == committed[-1]

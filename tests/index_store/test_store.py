@@ -103,6 +103,20 @@ def test_staged_build_is_verified_then_published(tmp_path: Path, store: Path, ga
         publish_directory(staging, store)
 
 
+def test_a_published_snapshot_is_published_again_under_another_version(store: Path, gallery) -> None:
+    copy = publish_directory(store / "v1", store, version="v1-again")
+    original = open_version(store, "v1")
+    again = open_version(store, "v1-again")
+    assert (again.version, again.manifest.files) == ("v1-again", original.manifest.files)
+    assert again.manifest.created >= original.manifest.created and copy == again.manifest
+    query = gallery.embeddings[3]
+    assert again.search(query, 3)[0].case_ids == original.search(query, 3)[0].case_ids
+    for snapshot in (original, again):
+        snapshot.close()
+    with pytest.raises(SnapshotExistsError):
+        publish_directory(store / "v1", store, version="v1-again")
+
+
 def test_unknown_version_is_not_found(store: Path) -> None:
     with pytest.raises(SnapshotNotFoundError, match="v9"):
         open_version(store, "v9")

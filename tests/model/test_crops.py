@@ -12,6 +12,7 @@ from PIL import Image
 
 from model.anatomy import validate_regions
 from model.catalogue import REGION_NAMES
+from model import crops
 from model.crops import crop_regions, normalise, whole_image
 from model.errors import RegionError
 from model.preprocessing import CROP_SIZE, PAD_VALUE
@@ -114,6 +115,16 @@ def test_images_of_different_sizes_in_one_batch(sample_cases):
         torch.testing.assert_close(crops[index], alone, atol=1e-6, rtol=0)
         for box, crop in zip(boxes[index].tolist(), crops[index]):
             torch.testing.assert_close(crop, reference_crop(image, box), atol=TOLERANCE, rtol=0)
+
+
+def test_regions_resampled_a_few_at_a_time_equal_one_pass(radiograph, monkeypatch):
+    image, case = radiograph
+    height, width = image.shape
+    boxes = torch.tensor([[case.right_lung, case.left_lung, [0, 0, width, height], [5, 7, width // 2, height // 3]]])
+    one_pass = crop_regions([image], boxes)
+    monkeypatch.setattr(crops, "PASS_BUDGET_BYTES", 1)  # one region per pass
+    assert crops._regions_per_pass(boxes.double(), width) == 1
+    torch.testing.assert_close(crop_regions([image], boxes), one_pass, atol=1e-6, rtol=0)
 
 
 def test_batch_tensor_and_image_list_give_the_same_crops(radiograph):

@@ -13,15 +13,30 @@ import pydicom
 import pydicom.filereader
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 import model.dicom_decoding
 import model.imaging
 from model.errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
 from model.imaging import DecodedImage, ImageLimits, decode_image, sniff_format
-from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, dicom_bytes
+from tests.dicom_factory import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    chest_dataset,
+    dicom_bytes,
+    dicom_file_bytes,
+    encapsulated_dicom_bytes,
+)
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+# Compressed pixel data written by Pillow: transfer syntax, Pillow format and save options.
+CODESTREAMS = {
+    "JPEG baseline": (JPEGBaseline8Bit, "JPEG", {"quality": 95}),
+    "JPEG 2000": (JPEG2000Lossless, "JPEG2000", {"irreversible": False, "no_jp2": True}),
+    "JPEG 2000 in a JP2 file": (JPEG2000Lossless, "JPEG2000", {"irreversible": False}),
+}
 
 
 @pytest.fixture
@@ -60,10 +75,17 @@ def min_max(values: np.ndarray) -> np.ndarray:
     return (values - values.min()) / (values.max() - values.min())
 
 
-def encode(image: Image.Image, image_format: str) -> bytes:
+def encode(image: Image.Image, image_format: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, image_format)
+    image.save(buffer, image_format, **options)
     return buffer.getvalue()
+
+
+def compressed_dicom(pixels: np.ndarray, codec: str, rows: int, columns: int) -> bytes:
+    """A DICOM of `pixels` compressed with one of CODESTREAMS, its header declaring rows x columns."""
+    syntax, image_format, options = CODESTREAMS[codec]
+    codestream = encode(Image.fromarray(pixels), image_format, **options)
+    return encapsulated_dicom_bytes(syntax, [codestream], rows=rows, columns=columns)
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -262,6 +284,86 @@ def test_dicom_over_the_pixel_limit_is_refused_before_its_pixels_are_decoded(
     assert len(dicom_parses) == 1
 
 
+# --- compressed DICOM: the size its codestream states ------------------------------------------
+
+@pytest.mark.parametrize("codec", CODESTREAMS)
+def test_compressed_dicom_whose_codestream_matches_its_header_decodes(sample_grey, codec):
+    height, width = sample_grey.shape
+    image = decode_image(compressed_dicom(sample_grey, codec, height, width))
+    assert_unit_image(image, width, height)
+    assert image.dicom.transfer_syntax == CODESTREAMS[codec][0]
+    assert np.abs(image.pixels - min_max(sample_grey)).mean() < (0.01 if codec == "JPEG baseline" else 1e-6)
+
+
+@pytest.mark.parametrize("codec", CODESTREAMS)
+@pytest.mark.parametrize("rows_factor, columns_factor", [(2, 0.5), (0.5, 0.5), (2, 2)],
+                         ids=["same pixel count", "smaller", "larger"])
+def test_compressed_dicom_whose_header_lies_about_its_size_is_refused_before_decoding(
+        sample_grey, codec, rows_factor, columns_factor):
+    height, width = sample_grey.shape
+    rows, columns = int(height * rows_factor), int(width * columns_factor)
+    data = compressed_dicom(sample_grey, codec, rows, columns)
+    message = (f"declares {columns} x {rows} pixels .*, but its compressed pixel data hold "
+               f"{width} x {height} pixels")
+    with pytest.raises(CorruptImageError, match=message):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("name", ["JPGExtended.dcm", "MR_small_jpeg_ls_lossless.dcm", "GDCMJ2K_TextGBR.dcm"],
+                         ids=["12-bit JPEG", "JPEG-LS", "JPEG 2000 in a JP2 file"])
+def test_pydicom_compressed_files_decode_and_their_size_is_checked(name):
+    dataset = pydicom.dcmread(get_testdata_file(name))
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    assert_unit_image(decode_image(dicom_file_bytes(dataset)), columns, rows)
+    dataset.Rows, dataset.Columns = rows * 2, columns // 2  # the same number of pixels
+    with pytest.raises(CorruptImageError, match=f"compressed pixel data hold {columns} x {rows} pixels"):
+        decode_image(dicom_file_bytes(dataset))
+
+
+def test_compressed_pixel_data_holding_more_frames_than_declared_are_refused(sample_grey):
+    codestream = encode(Image.fromarray(sample_grey), "JPEG")
+    height, width = sample_grey.shape
+    data = encapsulated_dicom_bytes(JPEGBaseline8Bit, [codestream, codestream], rows=height, columns=width)
+    with pytest.raises(CorruptImageError, match="declares one frame, but its compressed pixel data hold more"):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("codec, codestream", [
+    ("JPEG baseline", b"\x89PNG\r\n\x1a\n not a JPEG codestream"),
+    ("JPEG 2000", b"\xff\x4f\xff\x51\x00\x29"),  # cut inside its SIZ segment
+], ids=["PNG as JPEG", "JPEG 2000 cut in SIZ"])
+def test_compressed_pixel_data_without_a_readable_size_are_refused(codec, codestream):
+    data = encapsulated_dicom_bytes(CODESTREAMS[codec][0], [codestream], rows=8, columns=8)
+    with pytest.raises(CorruptImageError, match="no readable JPEG .* header"):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "SC_rgb_rle.dcm", "SC_rgb_rle_16bit.dcm"],
+                         ids=["16-bit grey", "8-bit RGB", "16-bit RGB"])
+def test_pydicom_rle_files_pass_the_segment_check_and_decode(name):
+    dataset = pydicom.dcmread(get_testdata_file(name))
+    assert_unit_image(decode_image(dicom_file_bytes(dataset)), int(dataset.Columns), int(dataset.Rows))
+
+
+def test_rle_segment_decoding_to_more_than_the_header_declares_is_refused():
+    """Two bytes of an RLE segment repeat a byte 128 times: these 8 kB would decode to 512 kB, and
+    64 MB (the upload limit) to 4 GB, however small the image the header declares."""
+    header = struct.pack("<16I", 1, 64, *[0] * 14)  # one segment, starting after the header
+    frame = header + b"\x81\x00" * 4096
+    with pytest.raises(CorruptImageError, match="RLE pixel data decode to more than the 100 bytes"):
+        decode_image(encapsulated_dicom_bytes(RLELossless, [frame], rows=10, columns=10))
+
+
+@pytest.mark.filterwarnings("ignore:The number of bytes of pixel data is sufficient:UserWarning")
+def test_native_pixel_data_longer_than_one_frame_are_refused():
+    """pydicom returns the frames it finds in pixel data longer than the header's one frame; three
+    columns of them would pass as RGB, and the image would come out 80 x 4."""
+    dataset = chest_dataset(np.arange(80 * 3, dtype=np.uint8).reshape(80, 3))
+    dataset.PixelData = dataset.PixelData * 4
+    with pytest.raises(CorruptImageError, match=r"decode to an array of shape \(4, 80, 3\)"):
+        decode_image(dicom_file_bytes(dataset))
+
+
 def test_dicom_decoding_is_called_by_imaging_never_the_reverse():
     assert "model.dicom_decoding" in imported_modules(model.imaging)
     assert "model.imaging" not in imported_modules(model.dicom_decoding)
@@ -283,6 +385,23 @@ def test_dicom_cut_before_the_pixel_data_is_corrupt(sample_12bit):
         decode_image(data[: data.rindex(PIXEL_DATA_TAG)])
 
 
+def test_dicom_cut_inside_a_header_element_is_corrupt(sample_12bit):
+    """pydicom keeps the shorter value of the element the file ends in, and reads no Rows/Columns."""
+    data = dicom_bytes(sample_12bit, bits_stored=12)
+    with pytest.raises(CorruptImageError, match=r"truncated: it ends inside element \(0010,0020\)"):
+        decode_image(data[: data.index(PATIENT_ID.encode()) + 3])
+
+
+@pytest.mark.parametrize("preamble", [True, False], ids=["part 10", "without preamble"])
+def test_deflated_dicom_is_refused_before_pydicom_inflates_it(preamble):
+    dataset = chest_dataset(np.zeros((2000, 2000), dtype=np.uint16), bits_stored=12)
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    data = dicom_file_bytes(dataset)
+    assert len(data) < 10_000  # 8 MB of pixels: pydicom would inflate all of it, whatever its size
+    with pytest.raises(UnsupportedImageError, match="deflated DICOM files are not supported"):
+        decode_image(data if preamble else data[132:])
+
+
 def test_multi_frame_dicom_is_unsupported(sample_grey):
     data = dicom_bytes(np.stack([sample_grey, sample_grey]))
     with pytest.raises(UnsupportedImageError, match="multi-frame .*2 frames"):
@@ -293,10 +412,8 @@ def test_dicom_in_a_transfer_syntax_without_any_decoder_is_unsupported(sample_gr
     dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(sample_grey)))
     dataset.PixelData = encapsulate([dataset.PixelData])
     dataset.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
     with pytest.raises(UnsupportedImageError, match="transfer syntax 'MPEG2 .*' cannot be decoded"):
-        decode_image(buffer.getvalue())
+        decode_image(dicom_file_bytes(dataset))
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG"])

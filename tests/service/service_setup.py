@@ -2,7 +2,8 @@
 
 Bundled radiographs -> EfficientNet-Lite0 region features -> a small untrained CheXtriev network
 (width 64) saved as a checkpoint -> gallery embeddings -> two snapshots published into an index store
--> cases upserted into a SQLite database migrated with the Alembic migrations.
+-> cases upserted into a SQLite database migrated with the Alembic migrations (copied for each service,
+or filled afresh on PostgreSQL by `service_database`).
 
 - "v1": the gallery with patient group keys, without occlusion embeddings (saliency recomputes them).
 - "v2": the same gallery with occlusion embeddings. With derived regions they cost ~140 backbone crops
@@ -21,6 +22,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from service.db.migrate import upgrade
 from service.db.repository import CaseRecord, patient_hash, upsert_cases
 from service.db.session import make_engine, make_session_factory, session_scope
 from service.settings import Settings
+from tests.service.databases import scratch_database
 from trainer.demo.samples import SampleCase, load_sample_cases, sample_case_input
 
 SALT = "service-tests-patient-salt"
@@ -62,7 +67,7 @@ class ServiceSetup:
     checkpoint: Path
     store: Path
     image_root: Path
-    database_url: str
+    database: Path  # the SQLite gallery database that each `settings()` call copies
     embedder: Embedder
     cases: tuple[SampleCase, ...]
     inputs: dict[str, tuple[np.ndarray, np.ndarray]]  # case id -> (grey pixels, (18, 4) boxes)
@@ -74,8 +79,15 @@ class ServiceSetup:
         return next(case for case in self.cases if case.case_id == QUERY_CASE)
 
     def settings(self, **overrides) -> Settings:
-        """Service settings over this setup (snapshot "v1" unless overridden)."""
-        values = dict(database_url=self.database_url, index_store=str(self.store),
+        """Service settings over this setup (snapshot "v1" unless overridden). Without a `database_url`
+        each call gets its own copy of the gallery database: a service records which snapshot is
+        active, and the next service started on the same database would restore that choice."""
+        if "database_url" not in overrides:
+            copy = self.root / "databases" / f"{uuid.uuid4().hex}.db"
+            copy.parent.mkdir(exist_ok=True)
+            shutil.copyfile(self.database, copy)
+            overrides["database_url"] = f"sqlite:///{copy}"
+        values = dict(index_store=str(self.store),
                       checkpoint=str(self.checkpoint), image_root=str(self.image_root),
                       patient_salt=SALT, active_version=PLAIN_VERSION, max_upload_bytes=4_000_000,
                       max_image_pixels=4_000_000)
@@ -122,14 +134,29 @@ def build_service_setup(root: Path) -> ServiceSetup:
     publish_gallery(store, GalleryData(plain, ids, keys, occluded), model_fingerprint=embedder.fingerprint,
                     version=OCCLUDED_VERSION)
 
-    database_url = f"sqlite:///{root / 'service.db'}"
-    upgrade(database_url)
-    engine = make_engine(database_url)
+    database = root / "service.db"
+    fill_database(f"sqlite:///{database}", cases, inputs)
+    return ServiceSetup(root, checkpoint, store, image_root, database, embedder, cases, inputs,
+                        dict(zip(ids, plain, strict=True)), occlusion)
+
+
+def fill_database(url: str, cases: tuple[SampleCase, ...],
+                  inputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Migrate the empty database at `url` and store the gallery `cases` in it."""
+    upgrade(url)
+    engine = make_engine(url)
     with session_scope(make_session_factory(engine)) as session:
         upsert_cases(session, [_case_record(case, inputs[case.case_id]) for case in cases])
     engine.dispose()
-    return ServiceSetup(root, checkpoint, store, image_root, database_url, embedder, cases, inputs,
-                        dict(zip(ids, plain, strict=True)), occlusion)
+
+
+@contextmanager
+def service_database(setup: ServiceSetup, backend: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh database on `backend` ("sqlite" or "postgresql", see tests.service.databases)
+    holding the setup's gallery cases; removed afterwards."""
+    with scratch_database(backend, tmp_path) as url:
+        fill_database(url, setup.cases, setup.inputs)
+        yield url
 
 
 def grid_boxes(height: int, width: int) -> np.ndarray:

@@ -12,6 +12,8 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -29,12 +31,13 @@ from model.region_derivation import derive_regions
 from model.saliency import region_saliency
 from service.app import create_app
 from service.db.repository import list_activations, list_recent_searches
-from service.db.session import make_engine, make_session_factory, session_scope
+from service.db.session import session_scope
 from service.logging_setup import JsonFormatter
 from service.problems import PROBLEM_MEDIA_TYPE, Problem
 from service.routes import search as search_route
 from service.upload_limit import FORM_OVERHEAD_BYTES
 from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, dicom_bytes
+from tests.service.databases import BACKENDS
 from tests.service.service_setup import (  # noqa: F401 - service_setup is a fixture
     OCCLUDED_VERSION,
     PLAIN_VERSION,
@@ -43,6 +46,7 @@ from tests.service.service_setup import (  # noqa: F401 - service_setup is a fix
     ServiceSetup,
     png_bytes,
     regions_json,
+    service_database,
     service_setup,
 )
 
@@ -103,29 +107,46 @@ def expected_saliency(setup: ServiceSetup):
 
 # ---- fixtures --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def sessions(service_setup: ServiceSetup) -> Iterator[sessionmaker]:
-    """Sessions on the service database, to read what the service recorded."""
-    engine = make_engine(service_setup.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
+@contextmanager
+def running_service(setup: ServiceSetup, backend: str, tmp_path: Path, **overrides) -> Iterator[TestClient]:
+    """A started, ready service over its own database on `backend` holding the gallery cases."""
+    with service_database(setup, backend, tmp_path) as url, \
+            TestClient(create_app(setup.settings(database_url=url, **overrides))) as test_client:
+        wait_until_ready(test_client)
+        yield test_client
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database of this module's services: SQLite, then PostgreSQL (which compose deploys)."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def client(service_setup: ServiceSetup) -> Iterator[TestClient]:
+def client(service_setup: ServiceSetup, backend: str, tmp_path_factory) -> Iterator[TestClient]:
     """The service on snapshot "v1" (no occlusion embeddings), without admin routes."""
-    with TestClient(create_app(service_setup.settings())) as test_client:
-        wait_until_ready(test_client)
+    with running_service(service_setup, backend, tmp_path_factory.mktemp("client")) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
-def admin_client(service_setup: ServiceSetup) -> Iterator[TestClient]:
+def admin_client(service_setup: ServiceSetup, backend: str, tmp_path_factory) -> Iterator[TestClient]:
     """The service on snapshot "v2" (with occlusion embeddings) and an admin token."""
-    settings = service_setup.settings(admin_token=ADMIN_TOKEN, active_version=OCCLUDED_VERSION)
-    with TestClient(create_app(settings)) as test_client:
-        wait_until_ready(test_client)
+    with running_service(service_setup, backend, tmp_path_factory.mktemp("admin"),
+                         admin_token=ADMIN_TOKEN, active_version=OCCLUDED_VERSION) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def sessions(client: TestClient) -> sessionmaker:
+    """Sessions on the database of `client`, to read what the service recorded."""
+    return client.app.state.service.sessions
+
+
+@pytest.fixture(scope="module")
+def admin_sessions(admin_client: TestClient) -> sessionmaker:
+    """Sessions on the database of `admin_client`."""
+    return admin_client.app.state.service.sessions
 
 
 @pytest.fixture(scope="module")
@@ -445,6 +466,24 @@ def test_saliency_uses_precomputed_occlusions_from_the_snapshot(admin_client, se
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
 
 
+def test_an_occlusion_file_truncated_after_activation_is_a_503_not_a_crash(service_setup, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(service_setup.store / OCCLUDED_VERSION, store / OCCLUDED_VERSION)
+    settings = service_setup.settings(index_store=str(store), active_version=OCCLUDED_VERSION)
+    pixels, boxes = service_setup.inputs[QUERY_CASE]
+    with TestClient(create_app(settings)) as service:
+        wait_until_ready(service)
+        found = search(service, png_bytes(pixels), regions_json(boxes), k=1).json()
+        occlusion = store / OCCLUDED_VERSION / "occlusion.npy"
+        with open(occlusion, "r+b") as handle:  # the trainer's volume: rewritten in place
+            handle.truncate(256)  # the .npy header and a few values: no case has its rows any more
+        damaged = service.get("/saliency", params={"query_id": found["query_id"], "case_id": SALIENCY_CASE})
+        problem = assert_problem(damaged, 503)
+        assert problem["type"].endswith("snapshot-damaged") and str(store) not in problem["detail"]
+        assert damaged.headers["retry-after"]
+        assert service.get("/healthz").status_code == 200
+
+
 def test_saliency_of_an_unknown_query_or_case_is_404(client, query_search):
     problem = assert_problem(client.get("/saliency", params={"query_id": "0" * 32, "case_id": QUERY_CASE}),
                              404, "query_id")
@@ -574,7 +613,7 @@ def test_admin_lists_the_active_and_available_snapshots(admin_client):
     assert {PLAIN_VERSION, OCCLUDED_VERSION} <= {entry["version"] for entry in listing["available"]}
 
 
-def test_activate_and_roll_back_are_recorded(admin_client, sessions):
+def test_activate_and_roll_back_are_recorded(admin_client, admin_sessions):
     activated = admin_client.post("/admin/index/activate", json={"version": PLAIN_VERSION}, headers=ADMIN)
     assert activated.status_code == 200, activated.text
     assert activated.json()["active"]["version"] == PLAIN_VERSION
@@ -583,21 +622,23 @@ def test_activate_and_roll_back_are_recorded(admin_client, sessions):
     rolled_back = admin_client.post("/admin/index/rollback", headers=ADMIN)
     assert rolled_back.status_code == 200 and rolled_back.json()["active"]["version"] == OCCLUDED_VERSION
     assert admin_client.get("/readyz").json()["index_version"] == OCCLUDED_VERSION
-    with session_scope(sessions) as session:
+    with session_scope(admin_sessions) as session:
         latest = list_activations(session, limit=2)
     assert [(a.version, a.actor, a.outcome) for a in latest] == [
         (OCCLUDED_VERSION, "admin-token", "rolled_back"), (PLAIN_VERSION, "admin-token", "activated")]
 
 
-def test_refused_activations_keep_the_active_snapshot(admin_client, service_setup, sessions):
+def test_refused_activations_keep_the_active_snapshot(admin_client, service_setup, admin_sessions):
     setup = service_setup
     embeddings = np.stack(list(setup.embeddings.values()))
     ids = tuple(setup.embeddings)
-    publish_gallery(setup.store, GalleryData(embeddings, ids), model_fingerprint="0" * 64, version="other-model")
-    publish_gallery(setup.store, GalleryData(embeddings, ids), model_fingerprint=setup.embedder.fingerprint,
-                    version="corrupt")
-    case_ids = setup.store / "corrupt" / CASE_IDS_FILE
-    case_ids.write_text(case_ids.read_text().replace(QUERY_CASE, "cxrlb-9999"))
+    if not (setup.store / "corrupt").exists():  # published by the first backend's run of this module
+        publish_gallery(setup.store, GalleryData(embeddings, ids), model_fingerprint="0" * 64,
+                        version="other-model")
+        publish_gallery(setup.store, GalleryData(embeddings, ids), model_fingerprint=setup.embedder.fingerprint,
+                        version="corrupt")
+        case_ids = setup.store / "corrupt" / CASE_IDS_FILE
+        case_ids.write_text(case_ids.read_text().replace(QUERY_CASE, "cxrlb-9999"))
 
     def activate(version: str):
         return admin_client.post("/admin/index/activate", json={"version": version}, headers=ADMIN)
@@ -608,7 +649,7 @@ def test_refused_activations_keep_the_active_snapshot(admin_client, service_setu
     assert_problem(activate("../escape"), 422)
     assert_problem(admin_client.post("/admin/index/activate", json={}, headers=ADMIN), 422, "version")
     assert admin_client.get("/readyz").json()["index_version"] == OCCLUDED_VERSION
-    with session_scope(sessions) as session:
+    with session_scope(admin_sessions) as session:
         refused = list_activations(session, limit=4)
     assert [(a.version, a.outcome) for a in refused] == [
         ("../escape", "refused"), ("never-published", "refused"), ("corrupt", "refused"),

@@ -17,10 +17,12 @@ from model.region_derivation import derive_regions
 from service.db.migrate import upgrade
 from service.db.models import IndexSnapshot
 from service.db.repository import (
+    ActiveChoice,
     CaseRecord,
     InvalidRecordError,
     SearchAuditRecord,
     UpsertCounts,
+    get_active_choice,
     get_case,
     get_cases,
     list_activations,
@@ -29,6 +31,7 @@ from service.db.repository import (
     record_activation,
     record_search,
     record_snapshot,
+    set_active_choice,
     upsert_cases,
 )
 from service.db.session import make_engine, make_session_factory, session_scope
@@ -167,6 +170,25 @@ def test_registering_a_snapshot_again_refreshes_its_description(sessions):
         rows = session.scalars(select(IndexSnapshot)).all()
         assert [(row.version, row.factory, row.count, row.created_at) for row in rows] == [
             ("v1", "HNSW32", 48, created)]
+
+
+def test_a_factory_string_of_any_length_is_registered(sessions):
+    factory = ",".join(["PCAR64"] * 80) + ",Flat"  # FAISS chains as long as a configuration makes them
+    with session_scope(sessions) as session:
+        record_snapshot(session, version="long", model_fingerprint="sha256:abc", dimension=64, count=1,
+                        factory=factory, created_at=datetime(2026, 1, 2, tzinfo=UTC))
+    with session_scope(sessions) as session:
+        assert session.get(IndexSnapshot, "long").factory == factory
+
+
+def test_the_active_choice_is_kept_in_one_row(sessions):
+    with session_scope(sessions) as session:
+        assert get_active_choice(session) is None
+        set_active_choice(session, ActiveChoice("v1", None))
+        set_active_choice(session, ActiveChoice("v2", "v1"))
+    with session_scope(sessions) as session:
+        assert get_active_choice(session) == ActiveChoice("v2", "v1")
+        assert session.execute(text("SELECT count(*) FROM active_snapshot")).scalar_one() == 1
 
 
 def test_sqlite_files_get_their_directory_foreign_keys_and_wal(tmp_path: Path):

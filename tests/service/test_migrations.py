@@ -17,7 +17,7 @@ from service.db.models import Base
 from service.db.session import make_engine
 from service.settings import get_settings
 
-TABLES = {"cases", "index_snapshots", "index_activations", "search_audit"}
+TABLES = {"cases", "index_snapshots", "index_activations", "active_snapshot", "search_audit"}
 
 
 def schema_differences(url: str) -> list:
@@ -50,7 +50,7 @@ def count_cases(url: str) -> int:
 
 def test_upgrade_from_empty_gives_exactly_the_models_schema(database_url):
     assert current_revision(database_url) is None
-    assert upgrade(database_url) == head_revision() == "0001"
+    assert upgrade(database_url) == head_revision() == "0002"
     assert table_names(database_url) == TABLES | {"alembic_version"}
     assert schema_differences(database_url) == []
 
@@ -74,16 +74,16 @@ def test_downgrade_to_base_then_upgrade_again(database_url):
     engine.dispose()
     assert downgrade(database_url, "base") is None
     assert table_names(database_url) == {"alembic_version"}
-    assert upgrade(database_url) == "0001"
+    assert upgrade(database_url) == "0002"
     assert schema_differences(database_url) == []
     assert count_cases(database_url) == 0
 
 
 def test_db_commands_through_the_cli(database_url, capsys):
     assert main(["db", "current", "--url", database_url]) == 0
-    assert "revision: base (empty); newest: 0001" in capsys.readouterr().out
+    assert "revision: base (empty); newest: 0002" in capsys.readouterr().out
     assert main(["db", "upgrade", "--url", database_url]) == 0
-    assert "revision: 0001; newest: 0001" in capsys.readouterr().out
+    assert "revision: 0002; newest: 0002" in capsys.readouterr().out
     assert schema_differences(database_url) == []
     assert main(["db", "downgrade", "--revision", "base", "--url", database_url]) == 0
     assert "revision: base (empty)" in capsys.readouterr().out
@@ -104,7 +104,7 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 def test_db_upgrade_defaults_to_sqlite_under_var_from_any_directory(elsewhere, capsys):
     assert main(["db", "upgrade"]) == 0
-    assert "revision: 0001" in capsys.readouterr().out
+    assert "revision: 0002" in capsys.readouterr().out
     database = elsewhere / "var" / "chextriev.db"
     assert database.is_file()
     assert schema_differences(f"sqlite:///{database}") == []
@@ -115,13 +115,13 @@ def test_db_upgrade_reads_the_url_from_the_environment(elsewhere, monkeypatch, c
     monkeypatch.setenv("CHEXTRIEV_DATABASE_URL", f"sqlite:///{database}")
     get_settings.cache_clear()
     assert main(["db", "upgrade"]) == 0
-    assert current_revision(f"sqlite:///{database}") == "0001"
+    assert current_revision(f"sqlite:///{database}") == "0002"
     assert not (elsewhere / "var").exists()
 
 
 @pytest.mark.parametrize("arguments, message", [
     (["db", "upgrade", "--revision", "9999"], "Can't locate revision identified by '9999'"),
-    (["db", "downgrade", "--revision", "0001"], "not a valid downgrade target"),
+    (["db", "downgrade", "--revision", "0002"], "not a valid downgrade target"),
 ])
 def test_db_commands_report_an_impossible_revision(database_url, arguments, message, capsys):
     assert main([*arguments, "--url", database_url]) == 1

@@ -1,9 +1,11 @@
-"""Settings are checked as they are read: a wrong device or dtype stops the start naming its variable,
-and a CHEXTRIEV_* variable that nothing reads (a misspelling) is named in a warning."""
+"""Settings are checked as they are read: an unusable value (a wrong device or dtype, no searches
+allowed at once) stops the start naming its variable, and a CHEXTRIEV_* variable that nothing reads
+(a misspelling) is named in a warning."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,8 +17,6 @@ from service.settings import Settings, SettingsError, get_settings, read_setting
 @pytest.fixture(autouse=True)
 def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No CHEXTRIEV_* variable from the outside, and no settings cached across tests."""
-    import os
-
     for name in [name for name in os.environ if name.startswith("CHEXTRIEV_")]:
         monkeypatch.delenv(name)
     get_settings.cache_clear()
@@ -28,8 +28,10 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ("CHEXTRIEV_DEVICE", "gpu", "unknown device 'gpu'"),
     ("CHEXTRIEV_DEVICE", "cuda:x", "unknown device 'cuda:x'"),
     ("CHEXTRIEV_DTYPE", "fp64", "unknown dtype 'fp64'"),
+    ("CHEXTRIEV_MAX_CONCURRENT_SEARCHES", "0", "greater than 0"),
+    ("CHEXTRIEV_MAX_QUEUED_SEARCHES", "-1", "greater than or equal to 0"),
 ])
-def test_a_wrong_device_or_dtype_stops_the_start_naming_the_variable(monkeypatch, capsys, variable, value, expected):
+def test_an_unusable_value_stops_the_start_naming_the_variable(monkeypatch, capsys, variable, value, expected):
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=f"{variable}: .*{expected}"):
         read_settings()
@@ -43,6 +45,12 @@ def test_every_documented_device_name_is_accepted(monkeypatch, device):
     monkeypatch.setenv("CHEXTRIEV_DTYPE", "bfloat16")
     settings = read_settings()
     assert (settings.device, settings.dtype) == (device, "bfloat16")
+
+
+def test_concurrent_searches_default_to_the_cpu_count(monkeypatch):
+    assert read_settings().max_concurrent_searches == (os.cpu_count() or 1)
+    monkeypatch.setenv("CHEXTRIEV_MAX_CONCURRENT_SEARCHES", "3")
+    assert read_settings().max_concurrent_searches == 3
 
 
 def test_other_bad_values_name_their_variables_all_at_once(monkeypatch):
