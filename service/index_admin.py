@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,10 +60,17 @@ def roll_back(state: ServiceState, actor: str) -> ActivationResponse:
 def _change(state: ServiceState, index: ActiveIndex, refused_version: Callable[[], str], actor: str,
             outcome: str, swap: Callable[[Commit], Manifest]) -> ActivationResponse:
     """Run `swap` with a commit that records the outcome before the swap takes effect; a refusal is
-    audited under `refused_version()` (for a rollback, the target it could not bring back)."""
+    audited under `refused_version()` (for a rollback, the target it could not bring back). The
+    answer names the rollback target as committed, whatever other requests do meanwhile."""
     requested_at = datetime.now(timezone.utc)
+    committed: list[str | None] = []
+
+    def commit(manifest: Manifest, previous_version: str | None) -> None:
+        commit_activation(state.sessions, manifest, previous_version, actor, outcome, requested_at=requested_at)
+        committed.append(previous_version)
+
     try:
-        manifest = swap(partial(_commit, state, actor, outcome, requested_at))
+        manifest = swap(commit)
     except SQLAlchemyError as error:
         logger.error("index activation not recorded; the active snapshot stays",
                      extra={"version": refused_version(), "actor": actor, "problem": driver_message(error)})
@@ -77,12 +83,7 @@ def _change(state: ServiceState, index: ActiveIndex, refused_version: Callable[[
         raise
     state.mark_index_active()
     logger.info("index activation", extra={"version": manifest.version, "actor": actor, "outcome": outcome})
-    return ActivationResponse(active=SnapshotSummary.of_manifest(manifest), previous_version=index.previous_version)
-
-
-def _commit(state: ServiceState, actor: str, outcome: str, requested_at: datetime,
-            manifest: Manifest, previous_version: str | None) -> None:
-    commit_activation(state.sessions, manifest, previous_version, actor, outcome, requested_at=requested_at)
+    return ActivationResponse(active=SnapshotSummary.of_manifest(manifest), previous_version=committed[-1])
 
 
 def _index(state: ServiceState) -> ActiveIndex:
