@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from model import crops
 from model.anatomy import validate_regions
 from model.catalogue import REGION_NAMES
-from model import crops
 from model.crops import crop_regions, normalise, whole_image
 from model.errors import RegionError
 from model.preprocessing import CROP_SIZE, PAD_VALUE
