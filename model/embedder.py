@@ -28,22 +28,23 @@ class Embeddings:
 
 
 class Embedder:
-    """Frozen backbone + trained CheXtriev network on one device and dtype, ready for queries."""
+    """Frozen backbone + trained CheXtriev network on one device and dtype, ready for queries; the
+    backbone runs on the `runtime` of model.runtime ("auto": ONNX Runtime for float32 on the CPU)."""
 
     def __init__(self, backbone: Backbone, network: CheXtriev, fingerprint: str, *,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, runtime: str = "auto"):
         if network.config.input_dim != backbone.feature_dim:
             raise CheckpointError(f"network expects {network.config.input_dim}-d region features, "
                                   f"backbone {backbone.name} gives {backbone.feature_dim}")
-        self.features = FeatureExtractor(backbone, device=device, dtype=dtype)
+        self.features = FeatureExtractor(backbone, device=device, dtype=dtype, runtime=runtime)
         self.device, self.dtype = self.features.device, dtype
         self.network = network.to(self.device, dtype).eval()
         self.fingerprint = fingerprint
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32,
-                        backbone_weights: str | os.PathLike = "default") -> "Embedder":
+                        dtype: torch.dtype = torch.float32, backbone_weights: str | os.PathLike = "default",
+                        runtime: str = "auto") -> "Embedder":
         """Load a verified checkpoint and the backbone it was trained on (checked by fingerprint)."""
         network, info = load_checkpoint(directory)
         backbone = build_backbone(info.backbone.name, weights=backbone_weights)
@@ -51,7 +52,7 @@ class Embedder:
             raise CheckpointError(
                 f"checkpoint {directory} was trained on {info.backbone.name} weights "
                 f"{info.backbone.fingerprint[:12]}..., the loaded backbone has {backbone.fingerprint[:12]}...")
-        return cls(backbone, network, info.fingerprint, device=device, dtype=dtype)
+        return cls(backbone, network, info.fingerprint, device=device, dtype=dtype, runtime=runtime)
 
     @torch.inference_mode()
     def embed_features(self, region_features: torch.Tensor) -> Embeddings:

@@ -1,4 +1,7 @@
-"""Frozen-backbone features of region crops (and of the whole image, for the global baseline)."""
+"""Frozen-backbone features of region crops (and of the whole image, for the global baseline).
+
+The backbone runs on PyTorch or, for float32 on the CPU, on ONNX Runtime (model.runtime).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,22 @@ import torch
 
 from model.backbones import Backbone
 from model.crops import crop_regions, whole_image
+from model.onnx_backbone import OnnxBackbone
+from model.runtime import choose_runtime
 
 CROPS_PER_BACKBONE_BATCH = 72
 
 
 class FeatureExtractor:
-    """Runs a frozen backbone on the 18 region crops of grey images, on one device and dtype."""
+    """Runs a frozen backbone on the 18 region crops of grey images, on one device, dtype and runtime."""
 
     def __init__(self, backbone: Backbone, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, runtime: str = "auto"):
         self.device = torch.device(device)
         self.dtype = dtype
         self.backbone = backbone.to(self.device, dtype)
+        self.runtime = choose_runtime(runtime, self.device, dtype)
+        self._forward = OnnxBackbone(self.backbone) if self.runtime == "onnx" else self.backbone
 
     @property
     def feature_dim(self) -> int:
@@ -44,7 +51,7 @@ class FeatureExtractor:
     def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, feature_dim) float32 features of normalised crops (N, 3, CROP_SIZE, CROP_SIZE), in chunks."""
         chunks = crops.to(self.device, self.dtype).split(CROPS_PER_BACKBONE_BATCH)
-        return torch.cat([self.backbone(chunk) for chunk in chunks]).float()
+        return torch.cat([self._forward(chunk) for chunk in chunks]).float()
 
     def _to_tensors(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         return [torch.as_tensor(image, dtype=torch.float32, device=self.device) for image in images]

@@ -1,7 +1,9 @@
-"""The names of compute devices and dtypes: one vocabulary for the settings, the command line and the code.
+"""The names of compute devices, dtypes and backbone runtimes: one vocabulary for the settings, the
+command line and the code.
 
 Devices: "auto" (a GPU when CUDA is present, else the CPU), "cpu", "cuda" or "cuda:N".
-Dtypes: "float32", "bfloat16" and "float16", as torch spells them. Checking a name needs no torch, so
+Dtypes: "float32", "bfloat16" and "float16", as torch spells them.
+Runtimes: "auto", "torch" or "onnx" (model.runtime chooses). Checking a name needs no torch, so
 the service's settings and the command line's help stay fast; torch is imported to turn a name into
 a dtype.
 """
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+RUNTIMES = ("auto", "torch", "onnx")
 _DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 

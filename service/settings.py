@@ -6,12 +6,13 @@ import logging
 import os
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.errors import ChextrievError
-from model.precision import DTYPES, check_device_name
+from model.precision import DTYPES, RUNTIMES, check_device_name
 from model.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
     image_root: str = "./var/images"
     device: str = "cpu"
     dtype: str = "float32"
+    runtime: Literal[RUNTIMES] = "auto"  # the backbone's runtime (model.runtime): auto, torch or onnx
     admin_token: SecretStr | None = None
     query_ttl_seconds: int = 900
     query_cache_size: int = 256

@@ -140,7 +140,7 @@ class ServiceState:
 
 def _load_embedder(settings: Settings) -> Embedder:
     return Embedder.from_checkpoint(settings.checkpoint, device=select_device(settings.device),
-                                    dtype=dtype_named(settings.dtype))
+                                    dtype=dtype_named(settings.dtype), runtime=settings.runtime)
 
 
 def _newest_compatible(store: Path, fingerprint: str) -> str:

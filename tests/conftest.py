@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,9 @@ LOG_RECORDER = LogRecorder()
 
 def pytest_configure(config: pytest.Config) -> None:
     keep_recording_logs()
+    # The ONNX exports of the backbones the tests build (model.onnx_backbone) go to a scratch cache
+    # removed at the end, not to the user's ~/.cache; child processes inherit it.
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="chextriev-test-cache-")
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +90,9 @@ def keep_recording_logs() -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run when a log line holds a secret, naming the logger and the record (masked)."""
+    """Remove the scratch cache; fail the run when a log line holds a secret, naming the logger and the
+    record (masked)."""
+    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
     secrets = session_secrets()
     leaks = [(logger_name, line, found) for logger_name, line in LOG_RECORDER.lines
              if (found := [secret for secret in secrets if secret.pattern.search(line)])]

@@ -11,6 +11,9 @@ validation loss is the same loss averaged over every validation image exactly on
 where each rank's predictions are gathered and the DistributedSampler's padding duplicates dropped;
 every rank therefore sees the same validation loss and AUC and takes the same early-stopping and
 scheduling decisions.
+
+Training steps: the train loader may hand over all of an optimiser step's micro-batches as one batch
+(trainer.training decides); `accumulated_loss` then gives it the gradient of accumulating them.
 """
 
 from __future__ import annotations
@@ -37,25 +40,37 @@ Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class CachedRegionFeatures(Dataset):
-    """Rows of a feature cache: (fp16 region features (18, F), float32 labels (C,), float32 node
-    labels (18, C), row index).
+    """Rows of a feature cache held in memory, read a batch at a time: (fp16 region features (B, 18, F),
+    float32 labels (B, C), float32 node labels (B, 18, C), cache rows (B,)).
 
+    The rows are copied out of the cache once, so a batch is one tensor index, not B memmap reads and a
+    collate; the DataLoader passes a batch's indices to __getitems__ and `batch_loader` collates nothing.
     Features stay fp16 as stored; the module casts each batch to float32.
     """
 
     def __init__(self, region_features: np.ndarray, labels: np.ndarray, node_labels: np.ndarray, rows: np.ndarray):
-        self.region_features = region_features
-        self.labels = np.asarray(labels, dtype=np.float32)
-        self.node_labels = node_labels
-        self.rows = np.asarray(rows, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        self.region_features = torch.from_numpy(np.ascontiguousarray(region_features[rows]))
+        self.labels = torch.from_numpy(np.asarray(labels[rows], dtype=np.float32))
+        self.node_labels = torch.from_numpy(np.asarray(node_labels[rows], dtype=np.float32))
+        self.rows = torch.from_numpy(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int) -> tuple[Tensor, Tensor, Tensor, int]:
-        row = int(self.rows[item])
-        return (torch.from_numpy(np.array(self.region_features[row])), torch.from_numpy(self.labels[row]),
-                torch.from_numpy(np.array(self.node_labels[row], dtype=np.float32)), row)
+    def __getitems__(self, items: list[int]) -> Batch:
+        index = torch.as_tensor(items, dtype=torch.int64)
+        return self.region_features[index], self.labels[index], self.node_labels[index], self.rows[index]
+
+
+
+def batch_loader(dataset: CachedRegionFeatures, batch_size: int, shuffle: bool) -> DataLoader:
+    """A DataLoader of whole batches from the in-memory rows, in this process (no worker processes)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_whole_batch)
+
+
+def _whole_batch(batch: Batch) -> Batch:
+    return batch
 
 
 class CachedFeatureDataModule(L.LightningDataModule):
@@ -70,10 +85,10 @@ class CachedFeatureDataModule(L.LightningDataModule):
         self.batch_size = batch_size
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+        return batch_loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+        return batch_loader(self.val_set, self.batch_size, shuffle=False)
 
 
 @dataclass(frozen=True)
@@ -89,10 +104,12 @@ class ValidationSummary:
 class CheXtrievModule(L.LightningModule):
     """Trains a CheXtriev network on cached region features with Adam and ReduceLROnPlateau."""
 
-    def __init__(self, network: CheXtriev, *, lr: float, lr_factor: float, lr_patience: int):
+    def __init__(self, network: CheXtriev, *, lr: float, lr_factor: float, lr_patience: int,
+                 micro_batch: int, micro_batches: int = 1):
         super().__init__()
         self.network = network
         self.lr, self.lr_factor, self.lr_patience = lr, lr_factor, lr_patience
+        self.micro_batch, self.micro_batches = micro_batch, micro_batches
         self.last_validation: ValidationSummary | None = None
         self._validation_parts: list[tuple[Tensor, ...]] = []
 
@@ -101,10 +118,10 @@ class CheXtrievModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         features, labels, node_labels, _ = batch
-        loss = per_image_loss(self(features), labels, node_labels).mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+        losses = per_image_loss(self(features), labels, node_labels)
+        self.log("train_loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(labels))
-        return loss
+        return accumulated_loss(losses, self.micro_batch, self.micro_batches)
 
     def on_validation_epoch_start(self) -> None:
         self._validation_parts = []
@@ -148,6 +165,14 @@ def per_image_loss(output: NetworkOutput, labels: Tensor, node_labels: Tensor) -
         loss = loss + F.binary_cross_entropy_with_logits(output.node_logits, node_labels.to(output.node_logits.dtype),
                                                          reduction="none").mean(dim=(1, 2))
     return loss
+
+
+def accumulated_loss(losses: Tensor, micro_batch: int, micro_batches: int) -> Tensor:
+    """The loss whose gradient is that of accumulating `micro_batches` micro-batches of `micro_batch`
+    images over `losses` (B,): each micro-batch's mean, divided by `micro_batches` as Lightning's
+    accumulation divides, summed. A last micro-batch with fewer images keeps its own mean, as it does
+    when accumulated."""
+    return sum(part.mean() for part in losses.split(micro_batch)) / micro_batches
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ Decisions worth knowing
   mixes the images of a batch (no BatchNorm), so the accumulated gradient is that of one batch of 256
   up to float rounding (an epoch's last step takes what is left). On N devices the effective batch
   is 16 x accumulate x N: pass 8 on two.
+- For the same reason a step's 256 images go through the network as one batch (merge_micro_batches,
+  on by default; a network with BatchNorm would still be fed micro-batches): the module takes each
+  micro-batch's mean loss and divides by accumulate, as Lightning's accumulation does (also for a last
+  step with fewer images), so the gradient is the accumulated one up to float rounding, without 16
+  small forward passes. The cached features are held in memory (lightning_module.CachedRegionFeatures).
 - The paper does not give the scheduler's patience. ReduceLROnPlateau lowers the rate at the
   (lr_patience + 1)-th evaluation in a row without improvement and early stopping ends the run at the
   patience-th, so the schedule can only act when lr_patience < patience - 1. The default lr_patience 2
@@ -57,6 +62,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 
 from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
@@ -97,6 +103,7 @@ class TrainingConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    merge_micro_batches: bool = True
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be a positive integer, got {getattr(self, name)!r}"
@@ -110,6 +117,8 @@ class TrainingConfig:
                      if not _is_number(getattr(self, name)) or not getattr(self, name) > 0]
         if not _is_number(self.lr_factor) or not 0 < self.lr_factor < 1:
             problems.append(f"lr_factor must be a number in (0, 1), got {self.lr_factor!r}")
+        if not isinstance(self.merge_micro_batches, bool):
+            problems.append(f"merge_micro_batches must be True or False, got {self.merge_micro_batches!r}")
         if not (self.devices == "auto" or _is_int(self.devices) and self.devices >= 1):
             problems.append(f"devices must be 'auto' or a positive integer, got {self.devices!r}")
         if problems:
@@ -165,9 +174,10 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
 
     L.seed_everything(training.seed, workers=True, verbose=False)
     network = CheXtriev(model_config)
+    merged = merges_micro_batches(network, training)
     data = CachedFeatureDataModule(cache.region_features, cache.labels, node_labels, train_rows, val_rows,
-                                   training.batch_size)
-    trainer, recorder = _fit(network, data, model_config, training, out_dir, select_on)
+                                   training.batch_size * (training.accumulate_grad_batches if merged else 1))
+    trainer, recorder = _fit(network, data, model_config, training, out_dir, select_on, merged)
     if recorder.best_epoch is None:
         raise TrainingError("no epoch reached a finite validation score (training diverged); "
                             "try a lower learning rate")
@@ -201,6 +211,7 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
             "seed": training.seed,
             "world_size": trainer.world_size,
             "train_batches_per_rank": int(trainer.num_training_batches),
+            "micro_batches_merged": merged,
             "train_images": len(train_rows),
             "val_images": len(val_rows),
             "backbone_trained": False,
@@ -233,14 +244,24 @@ def _node_supervision(cache: FeatureCache, model_config: ModelConfig) -> tuple[n
     return node_labels, targets
 
 
+def merges_micro_batches(network: CheXtriev, training: TrainingConfig) -> bool:
+    """Whether each optimiser step's batch_size x accumulate_grad_batches images go through the network
+    as one batch: when the configuration asks for it and no layer mixes the images of a batch (BatchNorm)."""
+    return training.merge_micro_batches and not any(isinstance(module, nn.modules.batchnorm._BatchNorm)
+                                                    for module in network.modules())
+
+
 def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelConfig, training: TrainingConfig,
-         out_dir: Path, select_on: str) -> tuple[L.Trainer, EpochRecorder]:
-    """Run Lightning's fit loop; the process-wide deterministic-algorithms flag it sets is restored after."""
-    module = CheXtrievModule(network, lr=training.lr, lr_factor=training.lr_factor, lr_patience=training.lr_patience)
+         out_dir: Path, select_on: str, merged: bool) -> tuple[L.Trainer, EpochRecorder]:
+    """Run Lightning's fit loop, accumulating in the module (`merged`) or in Lightning; the process-wide
+    deterministic-algorithms flag it sets is restored after."""
+    accumulate = training.accumulate_grad_batches
+    module = CheXtrievModule(network, lr=training.lr, lr_factor=training.lr_factor, lr_patience=training.lr_patience,
+                             micro_batch=training.batch_size, micro_batches=accumulate if merged else 1)
     recorder = EpochRecorder(select_on)
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        trainer = _trainer(training, out_dir, recorder)
+        trainer = _trainer(training, out_dir, recorder, 1 if merged else accumulate)
         trainer.logger.log_hyperparams({"model": model_config.to_dict(), "training": training.to_dict()})
         # Lightning's progress bars print to stdout; send them to stderr with the logs, keeping stdout for results.
         with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
@@ -253,7 +274,7 @@ def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelC
     return trainer, recorder
 
 
-def _trainer(training: TrainingConfig, out_dir: Path, recorder: EpochRecorder) -> L.Trainer:
+def _trainer(training: TrainingConfig, out_dir: Path, recorder: EpochRecorder, accumulate: int) -> L.Trainer:
     """A Trainer with the paper's optimisation settings whose every output lands under `out_dir`."""
     return L.Trainer(
         default_root_dir=out_dir,
@@ -264,7 +285,7 @@ def _trainer(training: TrainingConfig, out_dir: Path, recorder: EpochRecorder) -
         strategy=training.strategy,
         precision=training.precision,
         max_epochs=training.max_epochs,
-        accumulate_grad_batches=training.accumulate_grad_batches,
+        accumulate_grad_batches=accumulate,
         gradient_clip_val=training.gradient_clip,
         gradient_clip_algorithm="norm",
         callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=training.patience), recorder],

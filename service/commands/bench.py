@@ -1,21 +1,28 @@
-"""`chextriev bench`: gallery search speed (`search`), peak memory of a search at the limits (`peak-memory`)."""
+"""`chextriev bench`: gallery search speed (`search`), peak memory of a search at the limits (`peak-memory`),
+embedding speed of the fast CPU runtime against eager PyTorch (`embed`); and the benchmarks other
+packages register in the entry-point group `chextriev.benches` (the trainer's `train`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from index_store.bench import BenchConfig, run_search_benchmark
 from index_store.errors import SnapshotError
 from model.errors import ChextrievError
 from model.imaging import ImageLimits
+from service.embed_bench import EmbedBenchConfig, run_embed_benchmark
 from service.peak_memory import FORMATS, SHAPES, PeakMemoryConfig, run_peak_memory
 from service.settings import Settings
 
+# Benchmarks of other packages: each entry point is a function adding its subcommand to `benches`.
+BENCH_GROUP = "chextriev.benches"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `bench` subcommand and its `search` and `peak-memory` benchmarks."""
+    """Add the `bench` subcommand and its `search`, `peak-memory` and `embed` benchmarks."""
     parser = subparsers.add_parser("bench", help="benchmarks")
     benches = parser.add_subparsers(dest="bench", required=True)
     search = benches.add_parser("search", help="build time, memory, latency and recall of FAISS indexes")
@@ -31,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default 50)")
     search.set_defaults(handler=_search)
     _register_peak_memory(benches)
+    _register_embed(benches)
+    for entry in entry_points(group=BENCH_GROUP):
+        entry.load()(benches)
 
 
 def _register_peak_memory(benches: argparse._SubParsersAction) -> None:
@@ -50,6 +60,23 @@ def _register_peak_memory(benches: argparse._SubParsersAction) -> None:
     memory.add_argument("--shape", action="append", choices=SHAPES,
                         help="image shape; repeat for several (default: all)")
     memory.set_defaults(handler=_peak_memory)
+
+
+def _register_embed(benches: argparse._SubParsersAction) -> None:
+    """Add the `embed` benchmark: eager float32 PyTorch against the runtime "auto" chooses, on the CPU."""
+    embed = benches.add_parser(
+        "embed", help="embedding latency of a bundled radiograph: eager PyTorch against the fast CPU runtime")
+    embed.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint directory")
+    embed.add_argument("--out", type=Path, required=True, help="JSON report, written atomically")
+    embed.add_argument("--repeats", type=_positive_int, default=30,
+                       help="timed embeddings per path (default 30)")
+    embed.set_defaults(handler=_embed)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -97,3 +124,18 @@ def _peak_memory_line(case: dict, baseline: int) -> str:
     return (f"{case['format']:>20} {case['shape']:>9} {case['width']} x {case['height']}: peak "
             f"{mebibytes['peak_rss_bytes']:.0f} MiB, {mebibytes['over_baseline_bytes']:.0f} MiB over the "
             f"model-only {baseline / 2**20:.0f} MiB")
+
+
+def _embed(args: argparse.Namespace) -> int:
+    try:
+        report = run_embed_benchmark(EmbedBenchConfig(checkpoint=args.checkpoint, out=args.out,
+                                                      repeats=args.repeats))
+    except ChextrievError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for key in ("baseline", "fast"):
+        path = report[key]
+        print(f"{key:>8} ({path['runtime']}): p50 {path['p50_ms']} ms, p90 {path['p90_ms']} ms")
+    print(f"p50 ratio {report['p50_ratio']}x, cosine {report['cosine']}")
+    print(f"wrote {args.out}")
+    return 0

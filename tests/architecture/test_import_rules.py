@@ -1,6 +1,7 @@
 """The house rules of ARCHITECTURE.md, read from the import graph: the inference library (`model/`) and
 the index store stand alone, the trainer builds on both, and the service reaches into the trainer only
-in its `demo` command. The library never imports its trainer (as open_clip beside open_clip_train)."""
+in its `demo` command and the `bench embed` benchmark (a bundled radiograph). The library never imports
+its trainer (as open_clip beside open_clip_train)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ ALLOWED = {
     "trainer": {"trainer", "model", "index_store"},
     "service": {"service", "model", "index_store"},
 }
-# The one service module that composes the offline build with the service: `chextriev demo`.
-SERVICE_MODULES_THAT_MAY_IMPORT_TRAINER = {"service.commands.demo"}
+# The service modules that use the trainer: `chextriev demo` (the offline build) and the `bench embed`
+# benchmark (a bundled radiograph).
+SERVICE_MODULES_THAT_MAY_IMPORT_TRAINER = {"service.commands.demo", "service.embed_bench"}
 
 
 @pytest.mark.parametrize("package", PACKAGES)
