@@ -82,6 +82,16 @@ def paused_publisher(store: Path) -> Iterator[Callable[[str], PausedPublisher]]:
         process.communicate()
 
 
+@pytest.fixture
+def live_and_killed(paused_publisher) -> tuple[PausedPublisher, PausedPublisher]:
+    """Two paused publishers, "live" and "dead", the second killed; both staging directories remain."""
+    live = paused_publisher("live")
+    dead = paused_publisher("dead")  # its publish started with a clean, which spared the live one
+    dead.kill()
+    assert dead.staging.exists() and live.staging.exists()
+    return live, dead
+
+
 def _assert_only_whole_snapshots(store: Path, versions: set[str]) -> None:
     """The store lists exactly `versions`, each readable; each opens fully verified (checksums, canary)."""
     entries = list_snapshots(store)
@@ -92,12 +102,9 @@ def _assert_only_whole_snapshots(store: Path, versions: set[str]) -> None:
 
 
 def test_the_next_publish_removes_a_killed_publishers_staging_and_spares_a_live_one(
-    store: Path, publish, paused_publisher
+    store: Path, publish, live_and_killed
 ) -> None:
-    live = paused_publisher("live")
-    dead = paused_publisher("dead")  # its publish started with a clean, which spared the live one
-    dead.kill()
-    assert dead.staging.exists() and live.staging.exists()
+    live, dead = live_and_killed
     _assert_only_whole_snapshots(store, {"v1"})
 
     publish("v2")
@@ -110,13 +117,9 @@ def test_the_next_publish_removes_a_killed_publishers_staging_and_spares_a_live_
 
 
 def test_index_clean_removes_a_killed_publishers_staging_and_spares_a_live_one(
-    store: Path, paused_publisher, capsys
+    store: Path, live_and_killed, capsys
 ) -> None:
-    live = paused_publisher("live")
-    dead = paused_publisher("dead")  # its publish started with a clean, which spared the live one
-    dead.kill()
-    assert dead.staging.exists() and live.staging.exists()
-
+    live, dead = live_and_killed
     assert main(["index", "clean", "--store", str(store)]) == 0
     assert capsys.readouterr().out.splitlines() == [f"removed {dead.staging}"]
     assert not dead.staging.exists() and live.staging.exists()
