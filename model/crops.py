@@ -158,3 +158,20 @@ def _axis_taps(start: Tensor, end: Tensor, extent: Tensor) -> tuple[Tensor, Tens
     weights = weights * ((taps >= 0) & (taps < limit))
     taps = torch.minimum(taps.clamp(min=0), limit - 1).long()
     return taps, weights.to(torch.float32)
+
+
+def span_coverage(boxes: Tensor, span: Sequence[int], height: int, width: int) -> Tensor:
+    """(R, CROP_SIZE, CROP_SIZE) float32: the weight each crop pixel of `boxes` (R, 4) gives to the
+    image pixels of `span` [col0, row0, col1, row1] (end-exclusive) of an (H, W) image.
+
+    It is the crop of the span's indicator image before normalisation and padding, and separable:
+    a row factor times a column factor, so it costs no resampling pass.
+    """
+    boxes = _checked_boxes(boxes[None], 1).to(device=boxes.device)
+    col0, row0, col1, row1 = (int(value) for value in span)
+    extent = torch.tensor([[height, width]], device=boxes.device)
+    row_taps, row_weights = _axis_taps(boxes[..., 1], boxes[..., 3], extent[:, 0])
+    col_taps, col_weights = _axis_taps(boxes[..., 0], boxes[..., 2], extent[:, 1])
+    rows = (row_weights * ((row_taps >= row0) & (row_taps < row1))).sum(-1)[0]
+    cols = (col_weights * ((col_taps >= col0) & (col_taps < col1))).sum(-1)[0]
+    return rows[:, :, None] * cols[:, None, :]

@@ -48,7 +48,7 @@ def run_saliency(state: ServiceState, query_id: str, case_id: str, *, render: bo
         occluded = snapshot.occlusion_embeddings(case_id)
     boxes = np.asarray(case.region_boxes, dtype=np.float32)
     pixels = None
-    recomputed, source = 0, "snapshot"
+    recomputed, blanked, source = 0, 0, "snapshot"
     with timer.phase("occlusion"):
         if occluded is None or occluded.shape[0] != NUM_REGIONS:
             key = (embedder.fingerprint, case_id)
@@ -57,7 +57,7 @@ def run_saliency(state: ServiceState, query_id: str, case_id: str, *, render: bo
                 pixels = load_case_pixels(state.settings.image_root, case)
                 occlusion, source = occlusion_embeddings(embedder, pixels, boxes), "recomputed"
                 state.occlusions.put(key, occlusion)
-                recomputed = occlusion.recomputed_crops
+                recomputed, blanked = occlusion.recomputed_crops, occlusion.blanked_crops
             occluded, retrieved = occlusion.embeddings, occlusion.unoccluded
     saliency = region_saliency(query.embedding, retrieved, occluded, boxes)
     png = None
@@ -70,7 +70,7 @@ def run_saliency(state: ServiceState, query_id: str, case_id: str, *, render: bo
         query_id=query_id, case_id=case_id, similarity=saliency.similarity, occlusion_source=source,
         regions=[RegionSaliency(**row) for row in saliency.rows()],
         timing_ms=SaliencyTimings(occlusion=timer.phases["occlusion"], total=timer.total_ms(),
-                                  recomputed_crops=recomputed))
+                                  recomputed_crops=recomputed, blanked_crops=blanked))
     return SaliencyOutcome(response, png)
 
 

@@ -70,11 +70,13 @@ class RegionSaliency(BaseModel):
 
 
 class SaliencyTimings(BaseModel):
-    """Milliseconds spent, and how many region crops went through the backbone again."""
+    """Milliseconds spent, how many region crops went through the backbone again, and how many were
+    blanked whole (they share the feature of one blank crop)."""
 
     occlusion: float
     total: float
     recomputed_crops: int
+    blanked_crops: int = 0
 
 
 class SaliencyResponse(BaseModel):

@@ -1,5 +1,6 @@
 """`POST /search` as a plain function: decode, validate the regions, embed, search, look up the cases,
-keep the query for saliency and audit the search. Runs in a worker thread, never on the event loop."""
+keep the query for saliency and audit the search. Runs in a worker thread, never on the event loop;
+concurrent searches may share their embedding pass (service.embed_batcher)."""
 
 from __future__ import annotations
 
@@ -68,13 +69,15 @@ def decode_query(upload: bytes, regions: Mapping[str, Box], limits: ImageLimits)
 
 def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
     embedder, index = state.require_ready()
+    batcher = state.batcher
     regions = parse_regions(query.regions)
     exclusion = _exclusion(state, query.exclude_patient_id)
-    with timer.phase("decode"):
-        limits = ImageLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_image_pixels)
-        image, boxes = decode_query(query.image, regions, limits)
-    with timer.phase("embed"):
-        embeddings = embedder.embed(image.pixels, boxes)
+    with batcher.in_progress():
+        with timer.phase("decode"):
+            limits = ImageLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_image_pixels)
+            image, boxes = decode_query(query.image, regions, limits)
+        with timer.phase("embed"):
+            embeddings = batcher.embed(image.pixels, boxes)
     with timer.phase("search"), index.lease() as snapshot:
         if exclusion is not None and not snapshot.has_group_keys:
             raise Problem(422, "patient-exclusion-unavailable",

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     device: str = "cpu"
     dtype: str = "float32"
     runtime: Literal[RUNTIMES] = "auto"  # the backbone's runtime (model.runtime): auto, torch or onnx
+    # The backbone's ImageNet weights: "default" (the architecture's published weights, from the
+    # package or torchvision's cache) or the path of a weight file (model.backbones.build_backbone).
+    backbone_weights: str = "default"
+    # Dynamic micro-batching (service.embed_batcher): how long a search waits for others to share its
+    # backbone pass, in milliseconds; 0 embeds each search on its own.
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    batch_max_images: int = Field(default=8, gt=0)
     admin_token: SecretStr | None = None
     query_ttl_seconds: int = 900
     query_cache_size: int = 256

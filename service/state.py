@@ -24,6 +24,7 @@ from model.errors import ChextrievError
 from model.precision import dtype_named
 from model.saliency import OcclusionResult
 from service.db.session import make_engine, make_session_factory
+from service.embed_batcher import EmbedBatcher
 from service.metrics import IndexReading, ServiceMetrics
 from service.problems import unavailable
 from service.query_cache import QueryCache, TtlLruCache
@@ -49,6 +50,7 @@ class ServiceState:
             settings.query_ttl_seconds, OCCLUSION_CACHE_SIZE)
         self.metrics = ServiceMetrics(self.index_reading)
         self.embedder: Embedder | None = None
+        self.batcher: EmbedBatcher | None = None  # set with the embedder
         self.index: ActiveIndex | None = None
         self.load_problem: str | None = "the model and the index snapshot have not been loaded yet"
         self._load_lock = threading.Lock()
@@ -80,6 +82,8 @@ class ServiceState:
             try:
                 if self.embedder is None:
                     self.embedder = _load_embedder(self.settings)
+                    self.batcher = EmbedBatcher(self.embedder, wait_seconds=self.settings.batch_wait_ms / 1000,
+                                                max_images=self.settings.batch_max_images)
                 if self.index is None:
                     self.index = ActiveIndex(Path(self.settings.index_store),
                                              expected_fingerprint=self.embedder.fingerprint,
@@ -104,7 +108,9 @@ class ServiceState:
             self.load_problem = None
 
     def close(self) -> None:
-        """Release the index and the database connections."""
+        """Stop the micro-batcher, release the index and the database connections."""
+        if self.batcher is not None:
+            self.batcher.close()
         if self.index is not None:
             self.index.close()
         self.engine.dispose()
@@ -140,7 +146,8 @@ class ServiceState:
 
 def _load_embedder(settings: Settings) -> Embedder:
     return Embedder.from_checkpoint(settings.checkpoint, device=select_device(settings.device),
-                                    dtype=dtype_named(settings.dtype), runtime=settings.runtime)
+                                    dtype=dtype_named(settings.dtype), runtime=settings.runtime,
+                                    backbone_weights=settings.backbone_weights)
 
 
 def _newest_compatible(store: Path, fingerprint: str) -> str:

@@ -13,9 +13,9 @@ from PIL import Image
 from model import crops
 from model.anatomy import validate_regions
 from model.catalogue import REGION_NAMES
-from model.crops import crop_regions, normalise, whole_image
+from model.crops import crop_regions, normalise, span_coverage, whole_image
 from model.errors import RegionError
-from model.preprocessing import CROP_SIZE, PAD_VALUE
+from model.preprocessing import CROP_SIZE, IMAGENET_STD, PAD_VALUE
 from model.region_derivation import derive_regions
 
 # crop_regions uses the same filter weights as F.interpolate(antialias=True); what is left is float32
@@ -184,3 +184,21 @@ def test_degenerate_boxes_are_region_errors_and_bad_shapes_value_errors(radiogra
         crop_regions([image], torch.tensor([[0, 0, 50, 50]]))
     with pytest.raises(ValueError, match="2-D float tensor"):
         crop_regions([(image * 255).to(torch.uint8)], torch.tensor([[[0, 0, 50, 50]]]))
+
+
+def test_span_coverage_is_the_crop_of_the_spans_indicator_image():
+    height, width = 300, 200
+    boxes = torch.tensor([[10.5, 20.0, 150.25, 290.0], [-30.0, -10.0, 80.0, 60.0], [120.0, 200.0, 260.0, 340.0]])
+    span = (40, 50, 170, 260)  # [col0, row0, col1, row1]
+    indicator = torch.zeros(height, width)
+    indicator[span[1]:span[3], span[0]:span[2]] = 1.0
+    blank = torch.zeros(height, width)
+    # the crop is affine in the image: its slope along the indicator is the coverage (padding cancels)
+    def grey(image: torch.Tensor) -> torch.Tensor:
+        return crop_regions([image], boxes[None])[0, :, 0] * IMAGENET_STD[0]
+
+    expected = grey(indicator) - grey(blank)
+    coverage = span_coverage(boxes, span, height, width)
+    assert coverage.shape == (3, CROP_SIZE, CROP_SIZE)
+    torch.testing.assert_close(coverage, expected, atol=1e-5, rtol=0)
+    assert float(coverage.max()) == pytest.approx(1.0, abs=1e-6) and float(coverage.min()) == 0.0

@@ -76,12 +76,16 @@ def test_occlusion_equals_blanking_and_reembedding_from_scratch(embedder, retrie
         assert float(expected @ occlusion.unoccluded) < 0.99999  # blanking the region changed something
 
 
-def test_only_crops_overlapping_the_blanked_box_are_recomputed(retrieved, occlusion):
+def test_only_crops_partly_blanked_are_recomputed(retrieved, occlusion):
     pixels, boxes = retrieved
-    masks = [centre_mask(box, *pixels.shape) for box in boxes]
-    pairs = sum(bool((first & second).any()) for first in masks for second in masks)
-    assert occlusion.recomputed_crops == pairs
-    assert NUM_REGIONS <= pairs < NUM_REGIONS * NUM_REGIONS // 2
+    height, width = pixels.shape
+    masks = [centre_mask(box, height, width) for box in boxes]
+    inside = [box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height for box in boxes]
+    overlapping = [(r, j) for r in range(NUM_REGIONS) for j in range(NUM_REGIONS) if (masks[r] & masks[j]).any()]
+    whole = [(r, j) for r, j in overlapping if inside[j] and not (masks[j] & ~masks[r]).any()]
+    assert occlusion.blanked_crops == len(whole) >= NUM_REGIONS  # each box blanks its own crop whole
+    assert occlusion.recomputed_crops == len(overlapping) - len(whole)
+    assert NUM_REGIONS <= occlusion.recomputed_crops < NUM_REGIONS * NUM_REGIONS // 2
 
 
 def test_occlusion_embeddings_are_unit_vectors(occlusion):
@@ -90,14 +94,14 @@ def test_occlusion_embeddings_are_unit_vectors(occlusion):
     np.testing.assert_allclose(np.linalg.norm(occlusion.embeddings, axis=1), 1.0, atol=1e-5)
 
 
-def test_boxes_that_only_touch_recompute_one_crop_each(embedder, retrieved):
+def test_boxes_that_only_touch_blank_only_their_own_crop(embedder, retrieved):
     pixels = retrieved[0]
     height, width = pixels.shape
     xs, ys = np.linspace(0, width, 4), np.linspace(0, height, 7)  # fractional edges shared by neighbours
     grid = np.array([[xs[c], ys[r], xs[c + 1], ys[r + 1]] for r in range(6) for c in range(3)],
                     dtype=np.float32)
     result = occlusion_embeddings(embedder, pixels, grid)
-    assert result.recomputed_crops == NUM_REGIONS
+    assert (result.recomputed_crops, result.blanked_crops) == (0, NUM_REGIONS)
     inner = 7  # touches four neighbours, which must not change
     np.testing.assert_allclose(result.embeddings[inner], blanked_from_scratch(embedder, pixels, grid, inner),
                                atol=1e-5)

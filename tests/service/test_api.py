@@ -431,7 +431,9 @@ def test_saliency_recomputes_occlusions_when_the_snapshot_has_none(client, query
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["occlusion_source"] == "recomputed"
-    assert body["timing_ms"]["recomputed_crops"] == service_setup.saliency_occlusion.recomputed_crops == 18
+    # the grid's boxes only touch: blanking one blanks its own crop whole and changes no other
+    assert body["timing_ms"]["recomputed_crops"] == service_setup.saliency_occlusion.recomputed_crops == 0
+    assert body["timing_ms"]["blanked_crops"] == service_setup.saliency_occlusion.blanked_crops == 18
     expected = expected_saliency(service_setup)
     assert [r["name"] for r in body["regions"]] == list(REGION_NAMES)
     np.testing.assert_allclose([r["similarity_drop"] for r in body["regions"]], expected.similarity_drop, atol=1e-4)
