@@ -148,6 +148,11 @@ class Snapshot:
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def has_occlusions(self) -> bool:
+        """True when the snapshot holds every case's occlusion embeddings."""
+        return self._occlusion is not None
+
     def search(
         self, queries: np.ndarray, k: int, exclusions: Exclusion | Sequence[Exclusion] | None = None
     ) -> list[QueryHits]:

@@ -61,6 +61,12 @@ class EmbedBatcher:
         """True when calls may share a pass (a batching thread runs)."""
         return self._thread is not None
 
+    @property
+    def searches_in_progress(self) -> int:
+        """How many searches are inside in_progress() now."""
+        with self._lock:
+            return self._searches
+
     @contextmanager
     def in_progress(self) -> Iterator[None]:
         """Count a search as in progress for as long as the block runs (batches wait only for those)."""

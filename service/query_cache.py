@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
+from cachetools import TTLCache
 
 Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
@@ -33,7 +33,8 @@ class CachedQuery:
 
 
 class TtlLruCache(Generic[Key, Value]):
-    """A thread-safe map whose entries expire after `ttl_seconds`, holding at most `max_entries`."""
+    """A thread-safe map whose entries expire after `ttl_seconds`, holding at most `max_entries`
+    (cachetools' TTLCache, which drops the least recently used entry when full, under a lock)."""
 
     def __init__(self, ttl_seconds: float, max_entries: int,
                  clock: Callable[[], float] = time.monotonic):
@@ -42,43 +43,23 @@ class TtlLruCache(Generic[Key, Value]):
                              f"{ttl_seconds} s and {max_entries} entries")
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
-        self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Key, tuple[float, Value]] = OrderedDict()
+        self._entries: TTLCache = TTLCache(maxsize=max_entries, ttl=ttl_seconds, timer=clock)
 
     def put(self, key: Key, value: Value) -> None:
         """Store `value`, dropping expired entries and then the least recently used beyond the bound."""
-        now = self._clock()
         with self._lock:
-            self._drop_expired(now)
-            self._entries[key] = (now + self.ttl_seconds, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._entries[key] = value
 
     def get(self, key: Key) -> Value | None:
         """The value stored under `key`, or None when it is unknown or has expired."""
-        now = self._clock()
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            expires, value = entry
-            if expires <= now:
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return value
+            return self._entries.get(key)
 
     def __len__(self) -> int:
         with self._lock:
-            self._drop_expired(self._clock())
+            self._entries.expire()
             return len(self._entries)
-
-    def _drop_expired(self, now: float) -> None:
-        expired = [key for key, (expires, _) in self._entries.items() if expires <= now]
-        for key in expired:
-            del self._entries[key]
 
 
 QueryCache = TtlLruCache[str, CachedQuery]

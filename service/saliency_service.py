@@ -1,9 +1,10 @@
 """`GET /saliency` as a plain function: the region-occlusion similarity drops of one retrieved case
 for one kept query, as JSON rows and optionally as a PNG. Runs in a worker thread.
 
-The occlusion embeddings of the case come from the active snapshot when it has them; otherwise they
-are computed from the case's image and stored boxes (only the crops that overlap each blanked box)
-and kept for a while, so that asking for the PNG after the JSON costs nothing more.
+The occlusion embeddings of the case come from the active snapshot when it has them; otherwise from
+service.case_occlusions: computed from the case's image and stored boxes (only the crops that
+overlap each blanked box), by this request or, ahead of it, in the background after the search that
+returned the case, and kept for a while, so that asking for the PNG after the JSON costs no more.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from index_store.errors import SnapshotNotFoundError
 from model.catalogue import NUM_REGIONS
-from model.saliency import occlusion_embeddings, region_saliency
+from model.saliency import region_saliency
 from model.saliency_render import render_saliency_png
 from service.case_images import load_case_pixels
 from service.db.repository import CaseRecord, get_case
@@ -47,24 +48,18 @@ def run_saliency(state: ServiceState, query_id: str, case_id: str, *, render: bo
             raise _unknown_case(case_id, f"case {case_id} is not in the active index snapshot") from error
         occluded = snapshot.occlusion_embeddings(case_id)
     boxes = np.asarray(case.region_boxes, dtype=np.float32)
-    pixels = None
     recomputed, blanked, source = 0, 0, "snapshot"
     with timer.phase("occlusion"):
         if occluded is None or occluded.shape[0] != NUM_REGIONS:
-            key = (embedder.fingerprint, case_id)
-            occlusion, source = state.occlusions.get(key), "cache"
-            if occlusion is None:
-                pixels = load_case_pixels(state.settings.image_root, case)
-                occlusion, source = occlusion_embeddings(embedder, pixels, boxes), "recomputed"
-                state.occlusions.put(key, occlusion)
+            occlusion, source = state.occlusions.get(case)
+            if source == "recomputed":
                 recomputed, blanked = occlusion.recomputed_crops, occlusion.blanked_crops
             occluded, retrieved = occlusion.embeddings, occlusion.unoccluded
     saliency = region_saliency(query.embedding, retrieved, occluded, boxes)
     png = None
     if render:
         with timer.phase("render"):
-            if pixels is None:
-                pixels = load_case_pixels(state.settings.image_root, case)
+            pixels = load_case_pixels(state.settings.image_root, case)
             png = render_saliency_png(pixels, saliency.boxes, saliency.importance)
     response = SaliencyResponse(
         query_id=query_id, case_id=case_id, similarity=saliency.similarity, occlusion_source=source,

@@ -84,8 +84,12 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
                           f"snapshot {snapshot.version} has no patient group keys to exclude by",
                           [field_problem("exclude_patient_id", "the active index cannot exclude by patient")])
         hits = snapshot.search(embeddings.image, query.k, exclusion)[0]
+        warm_occlusions = not snapshot.has_occlusions
     with timer.phase("db"), session_scope(state.sessions) as session:
         cases = get_cases(session, hits.case_ids)
+    if warm_occlusions:  # the results a user is likely to open next (service.case_occlusions)
+        warmed = hits.case_ids[:state.settings.occlusion_warm_results]
+        state.occlusions.warm(cases[case_id] for case_id in warmed if case_id in cases)
     missing = [case_id for case_id in hits.case_ids if case_id not in cases]
     if missing:
         logger.warning("retrieved cases missing from the database",

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # backbone pass, in milliseconds; 0 embeds each search on its own.
     batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     batch_max_images: int = Field(default=8, gt=0)
+    # Occlusion embeddings of cases whose snapshot has none, kept for saliency (service.case_occlusions);
+    # each is 19 x D floats (78 KB at D = 1024). Each search has those of its first
+    # `occlusion_warm_results` results computed in the background while no search runs (0: none).
+    occlusion_cache_size: int = Field(default=256, gt=0)
+    occlusion_warm_results: int = Field(default=3, ge=0)
     admin_token: SecretStr | None = None
     query_ttl_seconds: int = 900
     query_cache_size: int = 256

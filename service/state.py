@@ -1,5 +1,6 @@
-"""What a running service holds: settings, database sessions, the embedder, the active index, the
-query cache and metrics; and the start-up load of the model and the index snapshot.
+"""What a running service holds: settings, database sessions, the embedder with its micro-batcher and
+case occlusions, the active index, the query cache and metrics; and the start-up load of the model
+and the index snapshot.
 
 The load runs in a worker thread after the server starts, so `/healthz` answers at once and
 `/readyz` says 503 (with the reason) until both the model and a snapshot are loaded.
@@ -13,6 +14,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from index_store.active import ActiveIndex
@@ -22,20 +24,21 @@ from model.devices import select_device
 from model.embedder import Embedder
 from model.errors import ChextrievError
 from model.precision import dtype_named
-from model.saliency import OcclusionResult
+from model.saliency import OcclusionResult, occlusion_embeddings
+from service.case_images import load_case_pixels
+from service.case_occlusions import CaseOcclusions
+from service.db.repository import CaseRecord
 from service.db.session import make_engine, make_session_factory
 from service.embed_batcher import EmbedBatcher
 from service.metrics import IndexReading, ServiceMetrics
 from service.problems import unavailable
-from service.query_cache import QueryCache, TtlLruCache
+from service.query_cache import QueryCache
 from service.settings import Settings
 from service.snapshot_records import commit_activation, record_refusal, recorded_choice
 
 logger = logging.getLogger(__name__)
 
 STARTUP_ACTOR = "startup"
-# Occlusion embeddings computed for saliency, kept per (model, case) like the queries that asked.
-OCCLUSION_CACHE_SIZE = 32
 
 
 class ServiceState:
@@ -46,11 +49,10 @@ class ServiceState:
         self.engine = make_engine(settings.database_url)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self.query_cache = QueryCache(settings.query_ttl_seconds, settings.query_cache_size)
-        self.occlusions: TtlLruCache[tuple[str, str], OcclusionResult] = TtlLruCache(
-            settings.query_ttl_seconds, OCCLUSION_CACHE_SIZE)
         self.metrics = ServiceMetrics(self.index_reading)
         self.embedder: Embedder | None = None
         self.batcher: EmbedBatcher | None = None  # set with the embedder
+        self.occlusions: CaseOcclusions | None = None  # set with the embedder
         self.index: ActiveIndex | None = None
         self.load_problem: str | None = "the model and the index snapshot have not been loaded yet"
         self._load_lock = threading.Lock()
@@ -84,6 +86,10 @@ class ServiceState:
                     self.embedder = _load_embedder(self.settings)
                     self.batcher = EmbedBatcher(self.embedder, wait_seconds=self.settings.batch_wait_ms / 1000,
                                                 max_images=self.settings.batch_max_images)
+                    self.occlusions = CaseOcclusions(
+                        partial(_case_occlusion, self.embedder, self.settings.image_root),
+                        busy=lambda: self.batcher.searches_in_progress > 0,
+                        capacity=self.settings.occlusion_cache_size, ttl_seconds=self.settings.query_ttl_seconds)
                 if self.index is None:
                     self.index = ActiveIndex(Path(self.settings.index_store),
                                              expected_fingerprint=self.embedder.fingerprint,
@@ -108,9 +114,11 @@ class ServiceState:
             self.load_problem = None
 
     def close(self) -> None:
-        """Stop the micro-batcher, release the index and the database connections."""
+        """Stop the micro-batcher and the occlusion warmer, release the index and the database connections."""
         if self.batcher is not None:
             self.batcher.close()
+        if self.occlusions is not None:
+            self.occlusions.close()
         if self.index is not None:
             self.index.close()
         self.engine.dispose()
@@ -148,6 +156,12 @@ def _load_embedder(settings: Settings) -> Embedder:
     return Embedder.from_checkpoint(settings.checkpoint, device=select_device(settings.device),
                                     dtype=dtype_named(settings.dtype), runtime=settings.runtime,
                                     backbone_weights=settings.backbone_weights)
+
+
+def _case_occlusion(embedder: Embedder, image_root: str, case: CaseRecord) -> OcclusionResult:
+    """The occlusion embeddings of a gallery case, from its image file and stored boxes."""
+    return occlusion_embeddings(embedder, load_case_pixels(image_root, case),
+                                np.asarray(case.region_boxes, dtype=np.float32))
 
 
 def _newest_compatible(store: Path, fingerprint: str) -> str:

@@ -124,8 +124,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def client(service_setup: ServiceSetup, backend: str, tmp_path_factory) -> Iterator[TestClient]:
-    """The service on snapshot "v1" (no occlusion embeddings), without admin routes."""
-    with running_service(service_setup, backend, tmp_path_factory.mktemp("client")) as test_client:
+    """The service on snapshot "v1" (no occlusion embeddings), without admin routes, computing
+    occlusions only when saliency asks (none in the background)."""
+    with running_service(service_setup, backend, tmp_path_factory.mktemp("client"),
+                         occlusion_warm_results=0) as test_client:
         yield test_client
 
 
