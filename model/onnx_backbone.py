@@ -3,7 +3,9 @@
 The export is cached per backbone fingerprint under $XDG_CACHE_HOME/chextriev/onnx (default
 ~/.cache), written through a temporary file and a rename, so that concurrent processes never read
 a half-written model. A cache file that ONNX Runtime cannot load is exported again; where the cache
-directory is not writable, the export is used from memory.
+directory is not writable, the export is used from memory. A service whose checkpoint names a
+backbone fingerprint with a cached export loads only that (`OnnxBackbone.from_cache`): a warm start
+then never builds the PyTorch backbone.
 """
 
 from __future__ import annotations
@@ -63,14 +65,38 @@ def export_onnx(backbone: Backbone) -> bytes:
     return buffer.getvalue()
 
 
+def cached_export_path(name: str, fingerprint: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the export of the backbone `name` with weights `fingerprint` is cached."""
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / f"{name}-{fingerprint}-opset{OPSET}.onnx"
+
+
 class OnnxBackbone:
     """A Backbone's forward on ONNX Runtime: (N, 3, CROP_SIZE, CROP_SIZE) crops -> (N, feature_dim) float32."""
 
     def __init__(self, backbone: Backbone, cache_dir: str | os.PathLike | None = None):
-        self.feature_dim = backbone.feature_dim
-        self.path = (Path(cache_dir) if cache_dir else default_cache_dir()) / (
-            f"{backbone.name}-{backbone.fingerprint}-opset{OPSET}.onnx")
+        self.name, self.fingerprint, self.feature_dim = backbone.name, backbone.fingerprint, backbone.feature_dim
+        self.path = cached_export_path(backbone.name, backbone.fingerprint, cache_dir)
         self.session = self._cached_session(backbone)
+
+    @classmethod
+    def from_cache(cls, name: str, fingerprint: str, feature_dim: int,
+                   cache_dir: str | os.PathLike | None = None) -> OnnxBackbone | None:
+        """The export an earlier run cached for the backbone `name` with weights `fingerprint`, loaded
+        without building the backbone (no timm, no torchvision, no weight file); None when there is
+        none or ONNX Runtime cannot load it. The file name carries the fingerprint, and exports are
+        only ever written whole, so the cached file computes exactly that backbone's features."""
+        backbone = cls.__new__(cls)
+        backbone.name, backbone.fingerprint, backbone.feature_dim = name, fingerprint, feature_dim
+        backbone.path = cached_export_path(name, fingerprint, cache_dir)
+        if not backbone.path.is_file():
+            return None
+        try:
+            backbone.session = backbone._session(backbone.path)
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime's errors share no narrower base
+            logger.warning("unusable ONNX backbone cache file: building the backbone",
+                           extra={"path": str(backbone.path), "problem": f"{type(error).__name__}: {error}"})
+            return None
+        return backbone
 
     def __call__(self, crops: Tensor) -> Tensor:
         inputs = crops.detach().to("cpu", torch.float32).contiguous().numpy()

@@ -2,7 +2,9 @@
 
 A cache is a directory holding
 - `manifest.json`: format, dataset name and fingerprint, label names, regions source, backbone
-  (name, weights id, fingerprint), compute dtype, preprocessing, feature_dim, count, created;
+  (name, weights id, fingerprint), compute dtype, preprocessing, crops ("exact": model.crops, or
+  "roi_align": cut on a GPU, see trainer.feature_pipeline; a cache made before it was recorded holds
+  exact ones), feature_dim, count, created;
 - `records.jsonl`: one line per row: case_id, patient_id, split, labels (positive label names);
 - `region_features.npy` (N, 18, F) and `whole_image_features.npy` (N, F), float16;
 - `done.npy` (N,) bool: rows finished;
@@ -21,7 +23,7 @@ manifest, written atomically after every file exists, is the commit point of the
 the region labels are written next (file first, then the manifest that lists them, both atomically).
 A killed run restarted with the same dataset and backbone recomputes only rows not done, in the
 same batches, so the result is byte-identical to an uninterrupted run; a cache made with another
-dataset, backbone, compute dtype or preprocessing refuses to be resumed.
+dataset, backbone, compute dtype, preprocessing or crops refuses to be resumed.
 
 Several processes (torchrun, one per GPU, on one or more nodes) need no code change and no
 torch.distributed: each reads its RANK and WORLD_SIZE (trainer.launch) and takes the rows
@@ -62,7 +64,8 @@ from model.feature_extractor import FeatureExtractor
 from model.fileio import atomic_write_bytes
 from model.preprocessing import preprocessing_config
 from trainer.datasets.records import Dataset, ImageRecord
-from trainer.record_images import LoadedImage, image_batches
+from trainer.feature_pipeline import DeviceCropPipeline, ExactCropPipeline, PreparedBatch, feature_pipeline
+from trainer.record_images import LoadedImage
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ CACHE_FILES = (MANIFEST_FILE, RECORDS_FILE, REGION_FILE, WHOLE_FILE, DONE_FILE, 
 SPLITS = ("train", "val", "test")
 FEATURE_DTYPE = np.float16
 MANIFEST_POLL_S = 0.5
+CROPS_KEY, CROPS_BEFORE_RECORDED = "crops", ExactCropPipeline.crops
 
 
 class FeatureCacheError(ChextrievError):
@@ -175,8 +179,8 @@ class FeatureCache:
 def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
                      batch_size: int = 16, num_workers: int = 2, rank: int = 0, world_size: int = 1,
                      skip_bad_images: bool = False, log_every: int = 20,
-                     after_batch: Callable[[int], None] | None = None,
-                     wait_timeout_s: float = 600.0) -> FeatureCache:
+                     after_batch: Callable[[int], None] | None = None, wait_timeout_s: float = 600.0,
+                     pipeline: ExactCropPipeline | DeviceCropPipeline | None = None) -> FeatureCache:
     """Fill (or resume) the feature cache `out_dir` with `extractor`'s features of `dataset`.
 
     This process takes the rows i % world_size == rank. An image that cannot be decoded or whose
@@ -184,6 +188,8 @@ def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str
     skip_bad_images is marked skipped. `after_batch(images done by this process in this run)` is
     called once each batch is on disk; whatever it raises ends the run with that batch kept. Returns
     the opened cache (with world_size > 1 it may still miss the rows of the other processes).
+    `pipeline` (default: trainer.feature_pipeline's choice for the extractor's device) decodes, crops
+    and runs the backbone; pass one to reuse its compiled backbone across runs.
     """
     if not dataset.records:
         raise FeatureCacheError(f"dataset {dataset.name!r} has no images")
@@ -191,7 +197,8 @@ def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str
         raise FeatureCacheError(f"invalid run settings: batch_size={batch_size}, num_workers={num_workers}, "
                                 f"log_every={log_every}, rank={rank}, world_size={world_size}")
     directory = Path(out_dir)
-    expected = _run_manifest(dataset, extractor)
+    pipeline = pipeline or feature_pipeline(extractor)
+    expected = {**_run_manifest(dataset, extractor), CROPS_KEY: pipeline.crops}
     _prepare(directory, expected, dataset, rank, wait_timeout_s)
     arrays = _open_arrays(directory, expected["count"], expected["feature_dim"], "r+")
     mine = np.arange(rank, expected["count"], world_size)
@@ -199,17 +206,16 @@ def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str
     logger.info("feature extraction started", extra={
         "directory": str(directory), "rank": rank, "world_size": world_size, "rows": len(mine),
         "pending": len(pending), "device": str(extractor.device), "compute_dtype": expected["compute_dtype"],
-        "batch_size": batch_size, "workers": num_workers})
-    batches = image_batches(dataset.records, pending, batch_size=batch_size, num_workers=num_workers)
+        "batch_size": batch_size, "workers": num_workers, "crops": pipeline.crops})
+    batches = pipeline.batches(dataset.records, pending, batch_size=batch_size, num_workers=num_workers)
     started, processed, skipped = time.perf_counter(), 0, 0
     with tqdm(total=len(mine), initial=len(mine) - len(pending), unit="image",
               desc="features" if world_size == 1 else f"features rank {rank}", disable=rank != 0) as progress:
         for number, batch in enumerate(batches, start=1):
-            bad = [item for item in batch if item.problem is not None]
-            _report_bad_images(bad, skip_bad_images)
-            _write_batch(arrays, extractor, batch)
-            processed, skipped = processed + len(batch), skipped + len(bad)
-            progress.update(len(batch))
+            _report_bad_images(batch.bad, skip_bad_images)
+            _write_batch(arrays, pipeline, batch)
+            processed, skipped = processed + len(batch.rows), skipped + len(batch.bad)
+            progress.update(len(batch.rows))
             if number % log_every == 0 or processed == len(pending):
                 logger.info("feature batches written", extra={
                     "rank": rank, "batches": number, "images": processed, "pending": len(pending) - processed,
@@ -264,8 +270,9 @@ def _prepare(directory: Path, expected: dict, dataset: Dataset, rank: int, wait_
                                         f"within {wait_timeout_s:g} s")
             time.sleep(MANIFEST_POLL_S)
     existing = _read_manifest(directory)
-    differences = [f"{key}: cache has {_short(existing.get(key))}, this run {_short(value)}"
-                   for key, value in expected.items() if existing.get(key) != value]
+    stored = {CROPS_KEY: CROPS_BEFORE_RECORDED, **existing}
+    differences = [f"{key}: cache has {_short(stored.get(key))}, this run {_short(value)}"
+                   for key, value in expected.items() if stored.get(key) != value]
     if differences:
         raise _another_run(directory, "; ".join(differences))
     if rank == 0:
@@ -404,20 +411,18 @@ def _report_bad_images(bad: list[LoadedImage], skip: bool) -> None:
             "in the cache and left out of training and evaluation")
 
 
-def _write_batch(arrays: dict[str, np.memmap], extractor: FeatureExtractor, batch: list[LoadedImage]) -> None:
+def _write_batch(arrays: dict[str, np.memmap], pipeline: ExactCropPipeline | DeviceCropPipeline,
+                 batch: PreparedBatch) -> None:
     """Features of the batch's usable images, then skipped flags, flushed; then the done flags."""
-    good = [item for item in batch if item.problem is None]
-    if good:
-        pixels = [item.pixels for item in good]
-        region = extractor.region_features(pixels, np.stack([item.boxes for item in good]))
-        whole = extractor.whole_image_features(pixels)
-        rows = np.array([item.row for item in good])
+    if batch.usable_rows:
+        region, whole = pipeline.features(batch)
+        rows = np.array(batch.usable_rows)
         arrays[REGION_FILE][rows] = region.to("cpu", torch.float16).numpy()
         arrays[WHOLE_FILE][rows] = whole.to("cpu", torch.float16).numpy()
-    arrays[SKIPPED_FILE][[item.row for item in batch if item.problem is not None]] = True
+    arrays[SKIPPED_FILE][[item.row for item in batch.bad]] = True
     for name in (REGION_FILE, WHOLE_FILE, SKIPPED_FILE):
         arrays[name].flush()
-    arrays[DONE_FILE][[item.row for item in batch]] = True
+    arrays[DONE_FILE][batch.rows] = True
     arrays[DONE_FILE].flush()
 
 

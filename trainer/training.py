@@ -55,13 +55,10 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from model.checkpoint import save_checkpoint
@@ -69,9 +66,12 @@ from model.config import ModelConfig
 from model.errors import ChextrievError
 from model.fileio import fsync_directory
 from model.network import CheXtriev
-from trainer.evaluation.classification_metrics import evaluable_classes
 from trainer.feature_cache import FeatureCache
-from trainer.lightning_module import CachedFeatureDataModule, CheXtrievModule, EpochRecord, EpochRecorder
+
+if TYPE_CHECKING:  # Lightning and scipy load when a run trains, not with TrainingConfig (the demo's warm start)
+    import lightning as L
+
+    from trainer.lightning_module import CachedFeatureDataModule, EpochRecord, EpochRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,11 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
     a split is empty, or `out_dir` already holds a checkpoint; and, without writing a checkpoint,
     when no epoch reaches a finite validation score.
     """
+    import lightning as L
+
+    from trainer.evaluation.classification_metrics import evaluable_classes
+    from trainer.lightning_module import CachedFeatureDataModule
+
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / CHECKPOINT_DIRNAME
     train_rows, val_rows = _split_rows(cache)
@@ -255,6 +260,8 @@ def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelC
          out_dir: Path, select_on: str, merged: bool) -> tuple[L.Trainer, EpochRecorder]:
     """Run Lightning's fit loop, accumulating in the module (`merged`) or in Lightning; the process-wide
     deterministic-algorithms flag it sets is restored after."""
+    from trainer.lightning_module import CheXtrievModule, EpochRecorder
+
     accumulate = training.accumulate_grad_batches
     module = CheXtrievModule(network, lr=training.lr, lr_factor=training.lr_factor, lr_patience=training.lr_patience,
                              micro_batch=training.batch_size, micro_batches=accumulate if merged else 1)
@@ -276,6 +283,10 @@ def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelC
 
 def _trainer(training: TrainingConfig, out_dir: Path, recorder: EpochRecorder, accumulate: int) -> L.Trainer:
     """A Trainer with the paper's optimisation settings whose every output lands under `out_dir`."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import CSVLogger
+
     return L.Trainer(
         default_root_dir=out_dir,
         logger=CSVLogger(out_dir, name="lightning_logs"),

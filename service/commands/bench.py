@@ -11,9 +11,11 @@ from pathlib import Path
 
 from index_store.bench import BenchConfig, run_search_benchmark
 from index_store.errors import SnapshotError
+from model.backbones import BACKBONE_NAMES
 from model.errors import ChextrievError
 from model.imaging import ImageLimits
-from service.embed_bench import EmbedBenchConfig, run_embed_benchmark
+from service.commands import bench_http
+from service.embed_bench import FAST_RUNTIMES, EmbedBenchConfig, run_embed_benchmark
 from service.peak_memory import FORMATS, SHAPES, PeakMemoryConfig, run_peak_memory
 from service.settings import Settings
 
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.set_defaults(handler=_search)
     _register_peak_memory(benches)
     _register_embed(benches)
+    bench_http.register(benches)
     for entry in entry_points(group=BENCH_GROUP):
         entry.load()(benches)
 
@@ -63,10 +66,16 @@ def _register_peak_memory(benches: argparse._SubParsersAction) -> None:
 
 
 def _register_embed(benches: argparse._SubParsersAction) -> None:
-    """Add the `embed` benchmark: eager float32 PyTorch against the runtime "auto" chooses, on the CPU."""
+    """Add the `embed` benchmark: eager float32 PyTorch against a fast runtime, on the CPU."""
     embed = benches.add_parser(
-        "embed", help="embedding latency of a bundled radiograph: eager PyTorch against the fast CPU runtime")
-    embed.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint directory")
+        "embed", help="embedding latency of a bundled radiograph: eager PyTorch against a fast CPU runtime")
+    model = embed.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="model checkpoint directory")
+    model.add_argument("--backbone", choices=BACKBONE_NAMES,
+                       help="no checkpoint: this backbone with seeded random weights and a fresh network of "
+                            "the paper's width (for ResNet50, whose weights need a download)")
+    embed.add_argument("--runtime", choices=FAST_RUNTIMES, default="auto",
+                       help="the fast path's backbone runtime (default auto)")
     embed.add_argument("--out", type=Path, required=True, help="JSON report, written atomically")
     embed.add_argument("--repeats", type=_positive_int, default=30,
                        help="timed embeddings per path (default 30)")
@@ -127,12 +136,14 @@ def _peak_memory_line(case: dict, baseline: int) -> str:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    config = EmbedBenchConfig(out=args.out, checkpoint=args.checkpoint, random_backbone=args.backbone,
+                              runtime=args.runtime, repeats=args.repeats)
     try:
-        report = run_embed_benchmark(EmbedBenchConfig(checkpoint=args.checkpoint, out=args.out,
-                                                      repeats=args.repeats))
+        report = run_embed_benchmark(config)
     except ChextrievError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print(f"{report['backbone']}, weights: {report['weights']}")
     for key in ("baseline", "fast"):
         path = report[key]
         print(f"{key:>8} ({path['runtime']}): p50 {path['p50_ms']} ms, p90 {path['p90_ms']} ms")

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
 from index_store.errors import SnapshotError
+from model.backbones import BACKBONE_NAMES
 from model.errors import ChextrievError
 from model.patient_keys import patient_hash
 from service.commands.serve import serve
@@ -28,7 +29,16 @@ from service.db.migrate import current_revision, head_revision, upgrade
 from service.db.repository import CaseRecord, upsert_cases
 from service.db.session import make_engine, make_session_factory, session_scope
 from service.settings import Settings, get_settings
-from trainer.demo.build import DEFAULT_WORK_DIR, Compute, DemoBuild, DemoCase, DemoPaths, build_demo
+from trainer.demo.build import (
+    BACKBONE,
+    DEFAULT_WEIGHTS,
+    DEFAULT_WORK_DIR,
+    Compute,
+    DemoBuild,
+    DemoCase,
+    DemoPaths,
+    build_demo,
+)
 from trainer.demo.samples import SAMPLE_DIR
 
 logger = logging.getLogger(__name__)
@@ -45,9 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default $CHEXTRIEV_PORT or 8000)")
     parser.add_argument("--rebuild", action="store_true", help="build everything again, reusing nothing")
     parser.add_argument("--build-only", action="store_true", help="build (or check) the demo, print its record, exit")
-    parser.add_argument("--no-occlusion", action="store_true",
-                        help="leave the occlusion embeddings out of the snapshot: a first build several times "
-                             "faster on a CPU, after which /saliency computes them per case when asked")
+    parser.add_argument("--occlusion", action="store_true",
+                        help="precompute every case's occlusion embeddings into the snapshot (a first build "
+                             "several times slower on a CPU); without them /saliency computes a case's "
+                             "when first asked and caches them")
+    parser.add_argument("--backbone", choices=BACKBONE_NAMES, default=BACKBONE,
+                        help=f"the frozen backbone (default {BACKBONE})")
+    parser.add_argument("--backbone-weights", default=DEFAULT_WEIGHTS,
+                        help="the backbone's weight file (default: its packaged or published ImageNet weights)")
     parser.set_defaults(handler=run)
 
 
@@ -56,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         base = get_settings()
         salt = base.patient_salt.get_secret_value() if base.patient_salt is not None else None
-        build = build_demo(args.work_dir, DemoDatabase, rebuild=args.rebuild, occlusion=not args.no_occlusion,
-                           compute=Compute(base.device, base.dtype), configured_salt=salt)
+        build = build_demo(args.work_dir, DemoDatabase, rebuild=args.rebuild, occlusion=args.occlusion,
+                           compute=Compute(base.device, base.dtype), configured_salt=salt,
+                           backbone=args.backbone, backbone_weights=args.backbone_weights)
     except (ChextrievError, SnapshotError, CommandError, SQLAlchemyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -65,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(build.record))
         return 0
     overrides = {name: value for name, value in (("host", args.host), ("port", args.port)) if value is not None}
-    settings = demo_settings(build.paths, build.salt, build.record["snapshot_version"], **overrides)
+    settings = demo_settings(build.paths, build.salt, build.record, **overrides)
     print(_welcome(build, f"http://{settings.host}:{settings.port}"), flush=True)
     serve(settings)
     return 0
@@ -82,11 +98,13 @@ def _welcome(build: DemoBuild, url: str) -> str:
             f"Serving {url} (API documentation: {url}/docs). Try a search:\n  {shlex.join(command)}")
 
 
-def demo_settings(paths: DemoPaths, salt: str, snapshot_version: str, **overrides: Any) -> Settings:
-    """Service settings over a demo build; the rest (admin token, device, limits) from CHEXTRIEV_*."""
+def demo_settings(paths: DemoPaths, salt: str, record: dict[str, Any], **overrides: Any) -> Settings:
+    """Service settings over a demo build and its build `record` (snapshot version, backbone weights);
+    the rest (admin token, device, runtime, limits) from CHEXTRIEV_*."""
     values = {"database_url": paths.database_url, "index_store": str(paths.index_store),
               "checkpoint": str(paths.checkpoint), "image_root": str(SAMPLE_DIR),
-              "patient_salt": SecretStr(salt), "active_version": snapshot_version}
+              "patient_salt": SecretStr(salt), "active_version": record["snapshot_version"],
+              "backbone_weights": record["backbone"]["weights"]}
     return get_settings().model_copy(update={**values, **overrides})
 
 

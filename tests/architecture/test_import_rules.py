@@ -19,7 +19,7 @@ ALLOWED = {
 }
 # The service modules that use the trainer: `chextriev demo` (the offline build) and the `bench embed`
 # benchmark (a bundled radiograph).
-SERVICE_MODULES_THAT_MAY_IMPORT_TRAINER = {"service.commands.demo", "service.embed_bench"}
+SERVICE_MODULES_THAT_MAY_IMPORT_TRAINER = {"service.commands.demo", "service.embed_bench", "service.http_bench"}
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from skimage import data
 from torch import nn
 
-from model.backbones import build_backbone
+from model.backbones import build_backbone, weights_source_digest
 from model.errors import CheckpointError
 from model.preprocessing import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
 
@@ -167,3 +167,22 @@ def test_unreadable_weight_file_is_a_checkpoint_error(tmp_path):
     path.write_bytes(b"PK\x03\x04 not really a checkpoint")
     with pytest.raises(CheckpointError, match="truncated.pth cannot be read"):
         build_backbone("efficientnet_lite0", path)
+
+
+def test_weights_source_digest_follows_the_weight_file_bytes(random_resnet_file, tmp_path):
+    packaged = weights_source_digest("efficientnet_lite0", "default")
+    assert packaged is not None and packaged == weights_source_digest("efficientnet_lite0", "IMAGENET")
+    saved = tmp_path / "resnet50.pth"
+    torch.save(torch.load(random_resnet_file[0], weights_only=True), saved)
+    digest = weights_source_digest("resnet50", saved)
+    assert digest is not None and len(digest) == 64
+    state = torch.load(saved, weights_only=True)
+    state["fc.bias"] = state["fc.bias"] + 1
+    torch.save(state, saved)
+    assert weights_source_digest("resnet50", saved) not in (None, digest)
+    # known only by loading: torchvision's download, random weights, a missing file
+    assert weights_source_digest("resnet50", "default") is None
+    assert weights_source_digest("resnet50", None) is None
+    assert weights_source_digest("resnet50", tmp_path / "missing.pth") is None
+    with pytest.raises(CheckpointError, match="unknown backbone"):
+        weights_source_digest("vgg16", "default")

@@ -3,7 +3,12 @@ its export cached per fingerprint, a damaged cache file exported again, and the 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from model.runtime import choose_runtime
 from tests.model.test_embedder import backbone, checkpoint_dir, two_inputs  # noqa: F401 - fixtures
 
 MIN_COSINE = 0.999
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cosines(first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -111,3 +117,41 @@ def test_impossible_runtimes_are_refused(name, device, dtype, message):
 
 def _no_export(backbone):
     raise AssertionError("the cached export should have been used")
+
+
+WARM_LOAD_PROBE = """
+import json, sys
+import numpy as np
+from model.embedder import Embedder
+embedder = Embedder.from_checkpoint(sys.argv[1], backbone_weights="/no/such/weights.pth")
+pixels, boxes = np.load(sys.argv[2])["pixels"], np.load(sys.argv[2])["boxes"]
+print(json.dumps({"embedding": embedder.embed(pixels, boxes).image[0].tolist(), "built": embedder.features.backbone
+                  is not None, "loaded": sorted({name.split(".")[0] for name in sys.modules})}))
+"""
+
+
+def test_a_cached_export_serves_without_building_the_backbone(checkpoint_dir, two_inputs, cache_home,  # noqa: F811
+                                                              tmp_path):
+    pixels, boxes = two_inputs[0]
+    reference = Embedder.from_checkpoint(checkpoint_dir, runtime="onnx")  # builds, exports, caches
+    expected = reference.embed(pixels, boxes).image[0]
+    np.savez(tmp_path / "query.npz", pixels=pixels, boxes=boxes)
+    arguments = [sys.executable, "-c", WARM_LOAD_PROBE, str(checkpoint_dir), str(tmp_path / "query.npz")]
+    completed = subprocess.run(arguments, cwd=REPO_ROOT, env={**os.environ, "XDG_CACHE_HOME": str(cache_home)},
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    # no weight file was read (the configured one does not exist), no timm or torchvision imported
+    assert not report["built"] and not {"timm", "torchvision"} & set(report["loaded"])
+    assert float(np.asarray(report["embedding"]) @ expected) >= 0.99999
+
+
+def test_a_cached_export_of_other_features_is_not_used(checkpoint_dir, cache_home, caplog):  # noqa: F811
+    reference = Embedder.from_checkpoint(checkpoint_dir, runtime="onnx")
+    name, fingerprint = reference.features.name, reference.features.backbone.fingerprint
+    assert OnnxBackbone.from_cache(name, fingerprint, reference.features.feature_dim) is not None
+    assert OnnxBackbone.from_cache(name, fingerprint, 2048) is None  # the export gives 1280-d features
+    assert "unusable ONNX backbone cache file" in caplog.text
+    assert OnnxBackbone.from_cache(name, "0" * 64, reference.features.feature_dim) is None  # never exported
+    with pytest.raises(ChextrievError, match="onnx runtime"):
+        Embedder(OnnxBackbone.from_cache(name, fingerprint, 1280), reference.network, "x", runtime="torch")

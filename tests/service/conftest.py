@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.service.databases import BACKENDS, scratch_database
+from tests.service.demo_setup import demo_dir  # noqa: F401 - the built demo, a session fixture
 
 
 @pytest.fixture(params=BACKENDS)

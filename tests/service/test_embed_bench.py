@@ -1,5 +1,5 @@
-"""`chextriev bench embed`: eager PyTorch and the fast CPU runtime timed on a bundled radiograph, with the
-same embedding, in one atomically written JSON report."""
+"""`chextriev bench embed`: eager PyTorch and a fast CPU runtime timed on a bundled radiograph, with the
+same embedding, in one atomically written JSON report; with a checkpoint, or a backbone given random weights."""
 
 from __future__ import annotations
 
@@ -25,6 +25,32 @@ def test_report_times_both_paths_on_the_same_embedding(checkpoint_dir, tmp_path,
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["onnxruntime"]
     assert [path.name for path in out.parent.iterdir()] == ["embed.json"]  # no temporary file left
     assert "p50 ratio" in capsys.readouterr().out
+
+
+def test_random_backbone_mode_needs_no_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "embed.json"
+    arguments = ["bench", "embed", "--backbone", "efficientnet_lite0", "--runtime", "onnx", "--out", str(out),
+                 "--repeats", "1"]
+    assert main(arguments) == 0
+    report = json.loads(out.read_text())
+    assert report["checkpoint"] is None and report["backbone"] == "efficientnet_lite0"
+    assert report["weights"].startswith("random (torch seed 0), network V6 at width 1024")
+    assert (report["baseline"]["runtime"], report["fast"]["runtime"]) == ("torch", "onnx")
+    assert report["cosine"] >= 0.999
+    assert "efficientnet_lite0, weights: random" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ([], "one of the arguments --checkpoint --backbone is required"),
+    (["--checkpoint", "x", "--backbone", "resnet50"], "not allowed with argument"),
+    (["--backbone", "vgg16"], "invalid choice: 'vgg16'"),
+    (["--backbone", "resnet50", "--runtime", "torch"], "invalid choice: 'torch'"),
+])
+def test_embedder_and_fast_runtime_are_checked(arguments, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "embed", "--out", str(tmp_path / "x.json"), *arguments])
+    assert message in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.parametrize("repeats", ["0", "-1", "three"])

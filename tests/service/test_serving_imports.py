@@ -2,14 +2,20 @@
 import the trainer, Lightning or scipy (they stay installed for the offline commands, which share
 the one image and environment). tqdm is not on the list: no serving module of ours imports it
 (tests/architecture checks that), but torch.hub and huggingface_hub (a dependency of timm) import
-it whenever it is installed, and huggingface_hub requires it."""
+it whenever it is installed, and huggingface_hub requires it.
+
+The demo's warm start (a built demo: every step reused) imports the trainer's demo build, but not
+Lightning and scipy, which only training needs, nor timm and torchvision, which only building the
+backbone needs: they were most of a second start's import time."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -83,3 +89,18 @@ def test_the_command_line_loads_only_the_chosen_subcommand(service_setup: Servic
     for command in ("demo", "serve", "db", "index", "bench", "features", "train", "evaluate", "embed"):
         assert f"\n    {command} " in top_level_help, command
     assert "run the frozen backbone" in top_level_help  # a summary read from the module's source
+
+
+def test_a_warm_demo_start_loads_no_training_stack(demo_dir: Path) -> None:
+    probe = ("import json, sys\nfrom service.cli import main\nassert main(sys.argv[1:]) == 0\n"
+             "print(json.dumps({'loaded': sorted({n.split('.')[0] for n in sys.modules})}))")
+    env = {name: value for name, value in os.environ.items() if name != "CHEXTRIEV_PATIENT_SALT"}
+    completed = subprocess.run([sys.executable, "-c", probe, "demo", "--work-dir", str(demo_dir), "--build-only"],
+                               cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    steps = json.loads(completed.stdout.strip().splitlines()[-2])["steps"]
+    assert set(steps.values()) == {"reused"}, steps
+    loaded = set(json.loads(completed.stdout.strip().splitlines()[-1])["loaded"])
+    assert {"trainer", "torch", "onnxruntime"} <= loaded  # the probe ran the real warm build
+    # nor the backbone's own stack: the fingerprint is the recorded one, the service loads the ONNX export
+    assert not loaded & {"lightning", "pytorch_lightning", "torchmetrics", "scipy", "timm", "torchvision"}, loaded

@@ -61,7 +61,7 @@ def interrupt_after(images: int):
 def records_of(cases) -> list[ImageRecord]:
     return [ImageRecord(case.case_id, case.image_path, case.patient_id, split, (case.finding,),
                         LungBoxes(case.right_lung, case.left_lung))
-            for case, split in zip(cases, SPLITS)]
+            for case, split in zip(cases, SPLITS, strict=False)]
 
 
 def dataset_of(records: list[ImageRecord], name: str = "bundled") -> Dataset:
@@ -220,7 +220,7 @@ def test_cached_features_are_the_extractors_features_in_fp16(reference, dataset,
     rows = [0, 3]  # one from the first batch, one from a later one: two images keep this test quick
     images = [decode_image(dataset.records[row].image_path) for row in rows]
     boxes = np.stack([dataset.records[row].anatomy.boxes(image.width, image.height)
-                      for row, image in zip(rows, images)])
+                      for row, image in zip(rows, images, strict=True)])
     pixels = [image.pixels for image in images]
     np.testing.assert_allclose(reference.region_features[rows].astype(np.float32),
                                extractor.region_features(pixels, boxes).numpy(), **FP16_TOLERANCE)

@@ -1,5 +1,8 @@
 """`chextriev features`: run the frozen backbone once over a dataset and cache its features (fp16).
 
+Worker processes decode the images and, on the CPU, cut the exact crops while the backbone runs; on a
+GPU the crops are cut there and the backbone is compiled (`--crops`, trainer.feature_pipeline).
+
 Interrupted runs resume: run the same command again. Several GPUs or nodes: start it through
 torchrun, e.g. `torchrun --nproc_per_node 4 -m service.cli features ...`; each process reads
 RANK/WORLD_SIZE/LOCAL_RANK, takes every WORLD_SIZE-th image and uses GPU LOCAL_RANK, and all write
@@ -20,6 +23,7 @@ from model.feature_extractor import FeatureExtractor
 from model.precision import DEVICE_CHOICES, DTYPES, dtype_named
 from trainer.commands.dataset_options import add_dataset_arguments, dataset_from_args
 from trainer.feature_cache import extract_features
+from trainer.feature_pipeline import CROP_METHODS, feature_pipeline
 from trainer.launch import launch_position
 
 
@@ -39,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="backbone compute dtype; bfloat16 and float16 are fast on a GPU (default float32)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes decoding images while the backbone runs (default 2; 0: none)")
+    parser.add_argument("--crops", choices=CROP_METHODS, default="auto",
+                        help="exact: model.crops, cut by the worker processes; device: roi_align on the device "
+                             "with a compiled channels_last backbone (trainer.feature_pipeline); device-exact: "
+                             "the same with model.crops on the device; auto: device on a GPU, exact elsewhere "
+                             "(default auto)")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip images that cannot be decoded or whose anatomy is invalid (logged by case "
                              "id, marked skipped in the cache and left out of training and evaluation) "
@@ -57,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                                      dtype=dtype_named(args.dtype))
         cache = extract_features(dataset, extractor, args.out, batch_size=args.batch_size,
                                  num_workers=args.workers, rank=position.rank, world_size=position.world_size,
-                                 skip_bad_images=args.skip_bad_images)
+                                 skip_bad_images=args.skip_bad_images,
+                                 pipeline=feature_pipeline(extractor, args.crops))
     except ChextrievError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

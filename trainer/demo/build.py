@@ -5,10 +5,12 @@ The offline half is built here; the case store is the caller's (the service's de
 the cases into its database), so the trainer never imports the service.
 
 Work directory (default ./var/demo):
-- `features/`: EfficientNet-Lite0 features of the 48 radiographs (trainer.feature_cache);
+- `features/`: backbone features of the 48 radiographs (trainer.feature_cache): EfficientNet-Lite0
+  with its packaged ImageNet weights unless the build names another backbone or weight file;
 - `training/`: the training run; `training/checkpoint/` is the model (trainer.training);
-- `index/`: the index store; the demo's snapshot holds every case's embedding, its 18 occlusion
-  embeddings (so /saliency needs no network pass for a gallery case) and its patient group key;
+- `index/`: the index store; the demo's snapshot holds every case's embedding and its patient group
+  key, and with `occlusion=True` its 18 occlusion embeddings (so /saliency needs no network pass for
+  a gallery case; without them the service computes a case's occlusions when first asked);
 - `chextriev.db`: the SQLite service database with the 48 cases, written by the case store;
 - `patient_salt`: the salt of the patient hashes (mode 0600), made once, unless CHEXTRIEV_PATIENT_SALT
   is set; group keys and stored hashes are HMACs under it, so the service must use the same salt;
@@ -19,7 +21,9 @@ its licence and source (ATTRIBUTION.md), and the cases name their files relative
 
 Each step reuses its artefact when the build record shows it was made from the same inputs and the
 artefact is still there and sound; otherwise it builds it again (the owning modules write
-atomically). features: dataset and backbone; checkpoint: those and the model and training settings;
+atomically). features: dataset and backbone (its fingerprint hashes the architecture's name and the
+weights as loaded, so another backbone or weight file rebuilds, the same weights under another path
+do not); checkpoint: those and the model and training settings;
 snapshot: the checkpoint's fingerprint, the salt and the occlusion option; database: the bundled
 manifest's SHA-256, the salt and the case store's revision. A crash leaves no record of the step it
 interrupted, so the next build redoes that step.
@@ -27,6 +31,7 @@ interrupted, so the next build redoes that step.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -46,7 +51,7 @@ from index_store.errors import SnapshotError
 from index_store.gallery import GalleryData
 from index_store.manifest import Manifest
 from index_store.store import list_snapshots, publish_gallery
-from model.backbones import Backbone, build_backbone
+from model.backbones import Backbone, backbone_feature_dim, build_backbone, weights_source_digest
 from model.catalogue import REGION_NAMES
 from model.checkpoint import read_checkpoint_info
 from model.config import ModelConfig
@@ -80,6 +85,7 @@ YES_NO_LABEL_COLUMNS = ("survival", "intubated", "went_icu", "needed_supplementa
 # gives model selection about 14 images to rest on instead of about 4.
 SPLIT_FRACTIONS = (0.7, 0.3, 0.0)
 BACKBONE = "efficientnet_lite0"
+DEFAULT_WEIGHTS = "default"  # the backbone's packaged or published ImageNet weights (model.backbones)
 VARIANT = "V6"
 # A quarter of the paper's width, 4 heads, 2 layers: 1.7M parameters, about a second an epoch on two
 # CPU cores. Batches of 16 without accumulation give 3 optimiser steps an epoch from the 34 training
@@ -183,13 +189,16 @@ class Compute:
 
 
 def build_demo(work_dir: str | os.PathLike, case_store: Callable[[DemoPaths, str], CaseStore], *,
-               rebuild: bool = False, occlusion: bool = True, compute: Compute = Compute(),
-               configured_salt: str | None = None) -> DemoBuild:
+               rebuild: bool = False, occlusion: bool = False, compute: Compute = Compute(),
+               configured_salt: str | None = None, backbone: str = BACKBONE,
+               backbone_weights: str = DEFAULT_WEIGHTS) -> DemoBuild:
     """Build (or reuse) every demo artefact under `work_dir`; `case_store(paths, salt)` receives the cases.
 
-    `rebuild` ignores the build record, so every step runs again; `occlusion=False` publishes the
-    snapshot without occlusion embeddings (a faster first build; /saliency then computes them per
-    case). `configured_salt` is the deployment's patient salt, else the work directory's is used.
+    `rebuild` ignores the build record, so every step runs again; `occlusion=True` precomputes every
+    case's occlusion embeddings into the snapshot (a much slower first build; without them /saliency
+    computes them per case when asked). `backbone` names the architecture (model.backbones) and
+    `backbone_weights` its weights: "default" or a weight file path; the service must load the same.
+    `configured_salt` is the deployment's patient salt, else the work directory's is used.
     Raises ChextrievError, SnapshotError or the case store's error when a step fails; a failed build
     records nothing, so the next one compares its inputs with the last finished build's.
     """
@@ -201,14 +210,17 @@ def build_demo(work_dir: str | os.PathLike, case_store: Callable[[DemoPaths, str
     store = case_store(paths, salt)
     previous = {} if rebuild else read_build_record(paths.record)
     dataset = demo_dataset()
-    backbone = build_backbone(BACKBONE)
-    model_config = ModelConfig.for_variant(VARIANT, input_dim=backbone.feature_dim,
+    backbone_record = {"name": backbone, "weights": str(backbone_weights),
+                       "weights_sha256": weights_source_digest(backbone, backbone_weights)}
+    backbone_model = functools.cache(lambda: build_backbone(backbone, backbone_weights))
+    model_config = ModelConfig.for_variant(VARIANT, input_dim=backbone_feature_dim(backbone),
                                            num_classes=len(dataset.label_names), **MODEL_SIZES)
     record: dict[str, Any] = {
         "format": RECORD_FORMAT,
         "manifest_sha256": sha256_file(MANIFEST),
         "dataset_fingerprint": dataset_fingerprint(dataset),
-        "backbone_fingerprint": backbone.fingerprint,
+        "backbone": backbone_record,
+        "backbone_fingerprint": _backbone_fingerprint(previous, backbone_record, backbone_model),
         "training": {"model": model_config.to_dict(), "training": TRAINING.to_dict()},
         "salt_check": patient_group_keys([SALT_CHECK_MESSAGE], salt)[0],
         "embedder": {"device": compute.device, "dtype": compute.dtype},
@@ -219,8 +231,9 @@ def build_demo(work_dir: str | os.PathLike, case_store: Callable[[DemoPaths, str
     steps: dict[str, str] = {}
     cache = _run_step(
         steps, "features",
-        lambda: _complete_cache(paths.features) if same("dataset_fingerprint", "backbone_fingerprint") else None,
-        lambda: _extract_features(paths.features, dataset, backbone, compute.device))
+        lambda: (_complete_cache(paths.features)
+                 if same("dataset_fingerprint", "backbone_fingerprint") else None),
+        lambda: _extract_features(paths.features, dataset, backbone_model(), compute.device))
     fingerprint = _run_step(
         steps, "checkpoint",
         lambda: (_checkpoint_fingerprint(paths.checkpoint, previous.get("checkpoint_fingerprint"))
@@ -230,7 +243,7 @@ def build_demo(work_dir: str | os.PathLike, case_store: Callable[[DemoPaths, str
         steps, "snapshot",
         lambda: (_published_snapshot(paths.index_store, previous.get("snapshot_version"), fingerprint, occlusion)
                  if same("salt_check", "embedder") else None),
-        lambda: _publish_gallery(paths, dataset, cache, backbone, salt, occlusion, compute))
+        lambda: _publish_gallery(paths, dataset, cache, backbone_model(), salt, occlusion, compute))
     revision = _run_step(
         steps, "database",
         lambda: (_current_cases(paths, store, previous.get("db_revision"))
@@ -284,6 +297,15 @@ def read_build_record(path: Path) -> dict[str, Any]:
         logger.warning("build record unreadable: rebuilding", extra={"path": str(path), "problem": str(error)})
         return {}
     return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else {}
+
+
+def _backbone_fingerprint(previous: dict[str, Any], backbone: dict[str, Any],
+                          build: Callable[[], Backbone]) -> str:
+    """The previous build's backbone fingerprint when it was built from the same architecture and the
+    same weight file bytes (a warm start then never builds the backbone), else the built one's."""
+    if backbone["weights_sha256"] is not None and previous.get("backbone") == backbone:
+        return previous["backbone_fingerprint"]
+    return build().fingerprint
 
 
 def _same_inputs(previous: dict[str, Any], current: dict[str, Any]) -> Callable[..., bool]:
@@ -392,7 +414,7 @@ def _fill_cases(paths: DemoPaths, dataset: Dataset, store: CaseStore) -> str:
     cases = demo_cases(dataset)
     revision = store.fill(cases)
     example = cases[0]
-    regions = dict(zip(REGION_NAMES, example.region_boxes))
+    regions = dict(zip(REGION_NAMES, example.region_boxes, strict=True))
     atomic_write_bytes(paths.example_regions, json.dumps(regions, indent=2).encode())
     return revision
 
