@@ -1,9 +1,7 @@
 """Images per second of batch feature extraction, the baseline beside the fast path (`chextriev bench features`).
 
-- baseline: the research code's way, which `chextriev features` followed until the fast path: images
-  decoded by worker processes, exact crops (model.crops) of each batch cut in the main process, the
-  backbone in float32 on the runtime model.runtime chooses (ONNX Runtime on the CPU, eager NCHW
-  PyTorch on a GPU), no writes;
+- baseline: the research code's way: exact crops (model.crops) of each batch cut in the main process,
+  the backbone in float32 on eager NCHW PyTorch, no writes;
 - fast: `chextriev features` itself (trainer.feature_cache.extract_features with the pipeline
   trainer.feature_pipeline chooses, or the one asked for), in the compute dtype, writing a real cache.
 
@@ -37,7 +35,7 @@ from trainer.datasets.anatomy_sources import LungBoxes
 from trainer.datasets.records import Dataset, ImageRecord
 from trainer.demo.samples import load_sample_cases
 from trainer.feature_cache import FeatureCache, extract_features
-from trainer.feature_pipeline import feature_pipeline
+from trainer.feature_pipeline import default_workers, feature_pipeline
 from trainer.record_images import image_batches
 
 
@@ -57,7 +55,7 @@ class FeatureBenchConfig:
     warmup_images: int = 8
     batch_size: int = 16
     baseline_batch_size: int | None = None  # None: batch_size
-    workers: int = 2
+    workers: int | None = None  # None: trainer.feature_pipeline.default_workers
 
 
 def bundled_dataset(count: int) -> Dataset:
@@ -73,9 +71,11 @@ def run_feature_bench(config: FeatureBenchConfig, dataset: Dataset | None = None
     """Measure the baseline and the fast path; write the JSON report to `config.out` atomically and return it."""
     dataset = dataset or bundled_dataset(config.images)
     device = select_device(config.device)
+    if config.workers is None:
+        config = replace(config, workers=default_workers(device))
     backbone = build_backbone(config.backbone, config.weights, allow_random=config.weights is None)
     baseline_rows = list(range(min(len(dataset.records), config.baseline_images or len(dataset.records))))
-    baseline_extractor = FeatureExtractor(backbone, device=device, dtype=torch.float32)
+    baseline_extractor = FeatureExtractor(backbone, device=device, dtype=torch.float32, runtime="torch")
     baseline, baseline_features = _measure_baseline(
         dataset, baseline_rows, baseline_extractor, config.baseline_batch_size or config.batch_size, config)
     fast_extractor = FeatureExtractor(backbone, device=device, dtype=dtype_named(config.dtype))
@@ -94,7 +94,7 @@ def run_feature_bench(config: FeatureBenchConfig, dataset: Dataset | None = None
         "config": {**{key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()},
                    "device": str(device), "dataset": dataset.name},
         "baseline": {**baseline, "path": "exact crops of each batch in the main process, float32, "
-                     f"runtime {baseline_extractor.runtime}, NCHW, eager", "images": len(baseline_rows)},
+                     "eager NCHW PyTorch", "images": len(baseline_rows)},
         "fast": {**fast, "path": f"chextriev features: crops {pipeline.crops}, {config.dtype}",
                  "images": len(dataset.records)},
         "speedup": fast["images_per_s"] / baseline["images_per_s"],

@@ -64,7 +64,13 @@ from model.feature_extractor import FeatureExtractor
 from model.fileio import atomic_write_bytes
 from model.preprocessing import preprocessing_config
 from trainer.datasets.records import Dataset, ImageRecord
-from trainer.feature_pipeline import DeviceCropPipeline, ExactCropPipeline, PreparedBatch, feature_pipeline
+from trainer.feature_pipeline import (
+    DeviceCropPipeline,
+    ExactCropPipeline,
+    PreparedBatch,
+    default_workers,
+    feature_pipeline,
+)
 from trainer.record_images import LoadedImage
 
 logger = logging.getLogger(__name__)
@@ -177,7 +183,7 @@ class FeatureCache:
 
 
 def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
-                     batch_size: int = 16, num_workers: int = 2, rank: int = 0, world_size: int = 1,
+                     batch_size: int = 16, num_workers: int | None = None, rank: int = 0, world_size: int = 1,
                      skip_bad_images: bool = False, log_every: int = 20,
                      after_batch: Callable[[int], None] | None = None, wait_timeout_s: float = 600.0,
                      pipeline: ExactCropPipeline | DeviceCropPipeline | None = None) -> FeatureCache:
@@ -189,10 +195,13 @@ def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str
     called once each batch is on disk; whatever it raises ends the run with that batch kept. Returns
     the opened cache (with world_size > 1 it may still miss the rows of the other processes).
     `pipeline` (default: trainer.feature_pipeline's choice for the extractor's device) decodes, crops
-    and runs the backbone; pass one to reuse its compiled backbone across runs.
+    and runs the backbone; pass one to reuse its compiled backbone across runs. `num_workers` decoding
+    processes (default: trainer.feature_pipeline.default_workers for the device).
     """
     if not dataset.records:
         raise FeatureCacheError(f"dataset {dataset.name!r} has no images")
+    if num_workers is None:
+        num_workers = default_workers(extractor.device)
     if batch_size < 1 or num_workers < 0 or log_every < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise FeatureCacheError(f"invalid run settings: batch_size={batch_size}, num_workers={num_workers}, "
                                 f"log_every={log_every}, rank={rank}, world_size={world_size}")

@@ -36,7 +36,8 @@ def register(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup-images", type=_positive, default=8, help="untimed images per path (default 8)")
     parser.add_argument("--batch-size", type=_positive, default=16, help="images per batch (default 16)")
     parser.add_argument("--baseline-batch-size", type=_positive, help="baseline's (default: --batch-size)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
+    parser.add_argument("--workers", type=int,
+                        help="decoding worker processes (default: as chextriev features, none on the CPU)")
     add_dataset_arguments(parser)
     parser.set_defaults(handler=run)
 

@@ -41,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="auto: this process's GPU when CUDA is present, else the CPU (default auto)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="backbone compute dtype; bfloat16 and float16 are fast on a GPU (default float32)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes decoding images while the backbone runs (default 2; 0: none)")
+    parser.add_argument("--workers", type=int,
+                        help="processes decoding images while the backbone runs (default: none on the CPU, "
+                             "where the backbone uses every core; every core but two with a GPU)")
     parser.add_argument("--crops", choices=CROP_METHODS, default="auto",
                         help="exact: model.crops, cut by the worker processes; device: roi_align on the device "
                              "with a compiled channels_last backbone (trainer.feature_pipeline); device-exact: "
