@@ -8,7 +8,7 @@ in worker processes while the backbone runs (trainer.feature_pipeline); it gives
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -72,10 +72,16 @@ class FeatureExtractor:
         return features[:, :-1], features[:, -1]
 
     @torch.inference_mode()
-    def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
-        """(N, feature_dim) float32 features of normalised crops (N, 3, CROP_SIZE, CROP_SIZE), in chunks."""
-        chunks = crops.to(self.device, self.dtype).split(CROPS_PER_BACKBONE_BATCH)
-        return torch.cat([self._forward(chunk) for chunk in chunks]).float()
+    def crop_features(self, crops: torch.Tensor, *, chunk_size: int = CROPS_PER_BACKBONE_BATCH,
+                      before_chunk: Callable[[], None] | None = None) -> torch.Tensor:
+        """(N, feature_dim) float32 features of normalised crops (N, 3, CROP_SIZE, CROP_SIZE), in chunks
+        of `chunk_size`; `before_chunk()` runs before each (a background caller waits there for its turn)."""
+        features = []
+        for chunk in crops.to(self.device, self.dtype).split(chunk_size):
+            if before_chunk is not None:
+                before_chunk()
+            features.append(self._forward(chunk))
+        return torch.cat(features).float()
 
     def _to_tensors(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         return [torch.as_tensor(image, dtype=torch.float32, device=self.device) for image in images]

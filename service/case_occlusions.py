@@ -4,8 +4,9 @@ kept in a bounded cache (one per loaded model, so a key is a case id).
 
 Background work runs on one thread, one case at a time, and only while no search is in progress
 (`busy()` is False): it uses the cores that idle between a search and the click on one of its
-results, and never delays a search by more than the one case it is computing. A request for a case
-that is being computed waits for that computation instead of repeating it.
+results. It waits between the backbone passes of a case too, so a search that arrives meanwhile
+waits at most one pass (model.saliency.YIELDING_PASS_CROPS crops). A request for a case that is
+being computed waits for that computation instead of repeating it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ IDLE_POLL_SECONDS = 0.05
 class CaseOcclusions:
     """On-demand and background occlusion embeddings of gallery cases, cached by case id."""
 
-    def __init__(self, compute: Callable[[CaseRecord], OcclusionResult], busy: Callable[[], bool], *,
-                 capacity: int, ttl_seconds: float):
+    def __init__(self, compute: Callable[[CaseRecord, Callable[[], None] | None], OcclusionResult],
+                 busy: Callable[[], bool], *, capacity: int, ttl_seconds: float):
+        """`compute(case, before_pass)` computes a case, calling `before_pass` (when given) before each
+        backbone pass, as model.saliency.occlusion_embeddings does."""
         self._compute = compute
         self._busy = busy
         self._cache: TtlLruCache[str, OcclusionResult] = TtlLruCache(ttl_seconds, capacity)
@@ -51,7 +54,7 @@ class CaseOcclusions:
             running = self._in_flight.get(case.case_id)
         if running is not None:
             return running.result(), "cache"
-        return self._computed(case), "recomputed"
+        return self._computed(case, None), "recomputed"
 
     def warm(self, cases: Iterable[CaseRecord]) -> None:
         """Compute these cases in the background when no search is in progress (newest requests first)."""
@@ -73,7 +76,7 @@ class CaseOcclusions:
             self._condition.notify()
         self._thread.join()
 
-    def _computed(self, case: CaseRecord) -> OcclusionResult:
+    def _computed(self, case: CaseRecord, before_pass: Callable[[], None] | None) -> OcclusionResult:
         """Compute the case on this thread, letting other requests for it wait for the result."""
         future: Future = Future()
         with self._condition:
@@ -81,7 +84,7 @@ class CaseOcclusions:
         if running is not future:
             return running.result()
         try:
-            result = self._compute(case)
+            result = self._compute(case, before_pass)
         except BaseException as error:
             future.set_exception(error)
             raise
@@ -92,6 +95,11 @@ class CaseOcclusions:
         finally:
             with self._condition:
                 del self._in_flight[case.case_id]
+
+    def _wait_while_busy(self) -> None:
+        with self._condition:
+            while self._busy() and not self._stopped:
+                self._condition.wait(IDLE_POLL_SECONDS)
 
     def _run(self) -> None:
         while True:
@@ -104,7 +112,7 @@ class CaseOcclusions:
             if self._cache.get(case.case_id) is not None:
                 continue
             try:
-                self._computed(case)
+                self._computed(case, self._wait_while_busy)
             except Exception as error:  # noqa: BLE001 - a case that cannot be warmed is computed on demand
                 logger.warning("background occlusion embeddings failed", extra={
                     "case_id": case.case_id, "problem": f"{type(error).__name__}: {error}"})

@@ -121,6 +121,7 @@ def run_http_benchmark(config: HttpBenchConfig) -> dict[str, Any]:
     unknown = sorted(set(config.configurations) - set(CONFIGURATIONS))
     if unknown:
         raise ValueError(f"unknown configurations {unknown}; known: {', '.join(CONFIGURATIONS)}")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress
     with _scratch(config.scratch_dir) as scratch:
         demo_arguments, work_dir, weights_note = _demo_arguments(config, scratch)
         record = _prepare_demo(demo_arguments)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -158,10 +159,11 @@ def _load_embedder(settings: Settings) -> Embedder:
                                     backbone_weights=settings.backbone_weights)
 
 
-def _case_occlusion(embedder: Embedder, image_root: str, case: CaseRecord) -> OcclusionResult:
+def _case_occlusion(embedder: Embedder, image_root: str, case: CaseRecord,
+                    before_pass: Callable[[], None] | None) -> OcclusionResult:
     """The occlusion embeddings of a gallery case, from its image file and stored boxes."""
     return occlusion_embeddings(embedder, load_case_pixels(image_root, case),
-                                np.asarray(case.region_boxes, dtype=np.float32))
+                                np.asarray(case.region_boxes, dtype=np.float32), before_pass=before_pass)
 
 
 def _newest_compatible(store: Path, fingerprint: str) -> str:

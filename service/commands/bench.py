@@ -15,6 +15,7 @@ from model.backbones import BACKBONE_NAMES
 from model.errors import ChextrievError
 from model.imaging import ImageLimits
 from service.commands import bench_http
+from service.commands.arguments import positive_int, positive_ints
 from service.embed_bench import FAST_RUNTIMES, EmbedBenchConfig, run_embed_benchmark
 from service.peak_memory import FORMATS, SHAPES, PeakMemoryConfig, run_peak_memory
 from service.settings import Settings
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks")
     benches = parser.add_subparsers(dest="bench", required=True)
     search = benches.add_parser("search", help="build time, memory, latency and recall of FAISS indexes")
-    search.add_argument("--sizes", required=True, type=_int_list, help="gallery sizes, e.g. 10000,100000")
+    search.add_argument("--sizes", required=True, type=positive_ints, help="gallery sizes, e.g. 10000,100000")
     search.add_argument("--dim", type=int, default=1024, help="embedding dimension (default 1024)")
     search.add_argument(
         "--factory", action="append", required=True, help="FAISS factory string; repeat for several"
@@ -77,22 +78,11 @@ def _register_embed(benches: argparse._SubParsersAction) -> None:
     embed.add_argument("--runtime", choices=FAST_RUNTIMES, default="auto",
                        help="the fast path's backbone runtime (default auto)")
     embed.add_argument("--out", type=Path, required=True, help="JSON report, written atomically")
-    embed.add_argument("--repeats", type=_positive_int, default=30,
+    embed.add_argument("--repeats", type=positive_int, default=30,
                        help="timed embeddings per path (default 30)")
     embed.set_defaults(handler=_embed)
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from service.commands.arguments import positive_int, positive_ints
 from service.http_bench import BACKBONE, CONFIGURATIONS, DEFAULT_WORK_DIR, RESNET50, HttpBenchConfig, run_http_benchmark
 
 
@@ -18,11 +19,11 @@ def register(benches: argparse._SubParsersAction) -> None:
     http.add_argument("--out", type=Path, required=True, help="JSON report, rewritten atomically after each server")
     http.add_argument("--config", action="append", choices=tuple(CONFIGURATIONS),
                       help="server configuration; repeat for several (default: all)")
-    http.add_argument("--requests", type=_positive_int, default=40,
+    http.add_argument("--requests", type=positive_int, default=40,
                       help="searches per level of clients, at least 2 per client (default 40)")
-    http.add_argument("--clients", type=_positive_ints, default=(1, 8, 32),
+    http.add_argument("--clients", type=positive_ints, default=(1, 8, 32),
                       help="concurrent clients of each level (default 1,8,32)")
-    http.add_argument("--extra-gallery", type=_positive_ints, default=(),
+    http.add_argument("--extra-gallery", type=positive_ints, default=(),
                       help="also serve the demo grown by N synthetic cases, e.g. 100000,1000000")
     http.add_argument("--backbone", choices=(BACKBONE, RESNET50), default=BACKBONE,
                       help=f"{RESNET50}: serve a demo built in the scratch directory on random ResNet50 weights")
@@ -32,20 +33,6 @@ def register(benches: argparse._SubParsersAction) -> None:
     http.set_defaults(handler=_http)
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _positive_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
 
 
 def _http(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from model.embedder import Embedder
 from model.errors import ImageError, RegionError
 from model.network import CheXtriev
 from model.preprocessing import IMAGENET_MEAN
-from model.saliency import occlusion_embeddings, region_saliency
+from model.saliency import YIELDING_PASS_CROPS, occlusion_embeddings, region_saliency
 from model.saliency_render import VIRIDIS_STOPS, render_saliency_png
 from trainer.demo.samples import sample_case_input
 
@@ -180,3 +181,12 @@ def test_png_of_a_large_image_is_scaled_down(retrieved, saliency):
     image = Image.open(io.BytesIO(render_saliency_png(pixels, boxes, saliency.importance, max_side=256)))
     assert image.width == round(pixels.shape[1] * 256 / max(pixels.shape))
     assert image.height > round(pixels.shape[0] * 256 / max(pixels.shape))
+
+
+def test_a_yielding_computation_gives_the_same_embeddings(embedder, retrieved, occlusion):
+    passes = []
+    result = occlusion_embeddings(embedder, *retrieved, before_pass=lambda: passes.append(1))
+    expected_passes = math.ceil(NUM_REGIONS / YIELDING_PASS_CROPS) + math.ceil(
+        (occlusion.recomputed_crops + 1) / YIELDING_PASS_CROPS)  # plain crops, then changed ones and a zero crop
+    assert len(passes) == expected_passes
+    np.testing.assert_allclose(result.embeddings, occlusion.embeddings, atol=1e-5)

@@ -57,11 +57,11 @@ class CountingCompute:
         self.calls: dict[str, int] = {}
         self.lock = threading.Lock()
 
-    def __call__(self, case: CaseRecord) -> OcclusionResult:
+    def __call__(self, case: CaseRecord, before_pass) -> OcclusionResult:
         with self.lock:
             self.calls[case.case_id] = self.calls.get(case.case_id, 0) + 1
         return occlusion_embeddings(self.embedder, self.pixels[case.case_id],
-                                    np.asarray(case.region_boxes, dtype=np.float32))
+                                    np.asarray(case.region_boxes, dtype=np.float32), before_pass=before_pass)
 
 
 def _wait_until(condition, what: str) -> None:
@@ -105,7 +105,7 @@ def test_background_work_waits_until_no_search_runs(embedder, cases):
 
 
 def test_a_case_that_fails_in_the_background_fails_again_when_asked(embedder, cases):
-    def broken(case: CaseRecord) -> OcclusionResult:
+    def broken(case: CaseRecord, before_pass) -> OcclusionResult:
         raise FileNotFoundError(f"{case.image_path} is gone")
 
     occlusions = CaseOcclusions(broken, busy=lambda: False, capacity=4, ttl_seconds=600)
@@ -134,3 +134,31 @@ def test_a_search_prepares_the_saliency_of_its_first_results(service_setup: Serv
                    for case_id in (first, third)}
     assert answers[first]["occlusion_source"] == "cache" and answers[first]["timing_ms"]["recomputed_crops"] == 0
     assert answers[third]["occlusion_source"] == "recomputed"
+
+
+def test_background_work_pauses_between_passes_when_a_search_arrives(embedder, cases):
+    record, pixels = cases[0]
+    searching = threading.Event()
+    passes: list[int] = []
+
+    def compute(case: CaseRecord, before_pass) -> OcclusionResult:
+        def counted() -> None:
+            passes.append(len(passes))
+            if len(passes) == 2:
+                searching.set()  # a search arrives in the middle of the case
+            before_pass()
+
+        return occlusion_embeddings(embedder, pixels, np.asarray(case.region_boxes, dtype=np.float32),
+                                    before_pass=counted)
+
+    occlusions = CaseOcclusions(compute, busy=searching.is_set, capacity=4, ttl_seconds=600)
+    try:
+        occlusions.warm([record])
+        _wait_until(lambda: len(passes) >= 2, "the second pass is due")
+        time.sleep(0.5)
+        assert len(passes) == 2 and not occlusions.cached(record.case_id)  # held before its next pass
+        searching.clear()
+        _wait_until(lambda: occlusions.cached(record.case_id), "the case is cached")
+        assert len(passes) > 2
+    finally:
+        occlusions.close()
