@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from model.library_logging import route_library_logs_to_root
+
 
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object: time, level, logger, message and any `extra` fields."""
@@ -26,9 +28,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-# Libraries that attach a plain console handler to their logger when imported (PyTorch Lightning).
-_OWN_CONSOLE_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
-
 
 def configure_logging(level: str = "INFO") -> None:
     """Send JSON log lines to stderr at `level`."""
@@ -37,8 +36,4 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in _OWN_CONSOLE_LOGGERS:  # route them through the JSON handler only, not twice
-        library_logger = logging.getLogger(name)
-        library_logger.handlers.clear()
-        library_logger.propagate = True
-        library_logger.setLevel(logging.NOTSET)
+    route_library_logs_to_root()  # Lightning's records through the JSON handler only, not twice

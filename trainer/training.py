@@ -65,6 +65,7 @@ from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
 from model.errors import ChextrievError
 from model.fileio import fsync_directory
+from model.library_logging import route_library_logs_to_root
 from model.network import CheXtriev
 from trainer.feature_cache import FeatureCache
 
@@ -162,6 +163,9 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
 
     from trainer.evaluation.classification_metrics import evaluable_classes
     from trainer.lightning_module import CachedFeatureDataModule
+
+    if logging.getLogger().hasHandlers():  # the application configured logging before Lightning loaded
+        route_library_logs_to_root()
 
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / CHECKPOINT_DIRNAME
