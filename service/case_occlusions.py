@@ -50,11 +50,7 @@ class CaseOcclusions:
         cached = self._cache.get(case.case_id)
         if cached is not None:
             return cached, "cache"
-        with self._condition:
-            running = self._in_flight.get(case.case_id)
-        if running is not None:
-            return running.result(), "cache"
-        return self._computed(case, None), "recomputed"
+        return self._computed(case, None)
 
     def warm(self, cases: Iterable[CaseRecord]) -> None:
         """Compute these cases in the background when no search is in progress (newest requests first)."""
@@ -76,13 +72,14 @@ class CaseOcclusions:
             self._condition.notify()
         self._thread.join()
 
-    def _computed(self, case: CaseRecord, before_pass: Callable[[], None] | None) -> OcclusionResult:
-        """Compute the case on this thread, letting other requests for it wait for the result."""
+    def _computed(self, case: CaseRecord, before_pass: Callable[[], None] | None) -> tuple[OcclusionResult, str]:
+        """Compute the case on this thread, letting other requests for it wait for the result; or wait
+        for the thread already computing it ("cache")."""
         future: Future = Future()
         with self._condition:
             running = self._in_flight.setdefault(case.case_id, future)
         if running is not future:
-            return running.result()
+            return running.result(), "cache"
         try:
             result = self._compute(case, before_pass)
         except BaseException as error:
@@ -91,7 +88,7 @@ class CaseOcclusions:
         else:
             self._cache.put(case.case_id, result)
             future.set_result(result)
-            return result
+            return result, "recomputed"
         finally:
             with self._condition:
                 del self._in_flight[case.case_id]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,13 @@ class PreparedBatch:
     usable_rows: list[int]  # the rows `inputs` holds, in order
     bad: list[LoadedImage]  # the images that cannot be used, each with its problem
     inputs: tuple[Tensor, ...]  # what the pipeline's `features` takes; empty when no image is usable
+
+    @classmethod
+    def of(cls, items: list[LoadedImage], stack: Callable[[list[LoadedImage]], tuple[Tensor, ...]]) -> PreparedBatch:
+        """The batch of `items`, its usable ones' inputs made by `stack` (not called when none is usable)."""
+        good = [item for item in items if item.problem is None]
+        return cls(rows=[item.row for item in items], usable_rows=[item.row for item in good],
+                   bad=[item for item in items if item.problem is not None], inputs=stack(good) if good else ())
 
     def pin_memory(self) -> PreparedBatch:
         """This batch with its inputs in pinned memory (DataLoader(pin_memory=True) calls it)."""
@@ -96,10 +103,7 @@ class ExactCropPipeline:
         images = DataLoader(RecordCrops(records, rows), batch_size=None, num_workers=num_workers,
                             prefetch_factor=ahead)
         for group in _groups(images, batch_size):
-            good = [item for item in group if item.problem is None]
-            yield PreparedBatch(rows=[item.row for item in group], usable_rows=[item.row for item in good],
-                                bad=[item for item in group if item.problem is not None],
-                                inputs=(torch.stack([item.pixels for item in good]),) if good else ())
+            yield PreparedBatch.of(group, lambda good: (torch.stack([item.pixels for item in good]),))
 
     def features(self, batch: PreparedBatch) -> tuple[Tensor, Tensor]:
         """(B, 18, F) region and (B, F) whole-image features of the batch's usable images."""
@@ -130,17 +134,15 @@ class DeviceCropPipeline:
 def stack_on_canvas(items: list[LoadedImage]) -> PreparedBatch:
     """The usable uint8 images on one (B, Hmax, Wmax) canvas filled with PAD_VALUE, with their (B, 2)
     sizes (H, W) and (B, 18, 4) boxes."""
-    good = [item for item in items if item.problem is None]
-    inputs: tuple[Tensor, ...] = ()
-    if good:
-        sizes = torch.tensor([tuple(item.pixels.shape) for item in good])
-        canvas = torch.full((len(good), *sizes.amax(0).tolist()), round(PAD_VALUE * 255), dtype=torch.uint8)
-        for index, item in enumerate(good):
-            canvas[index, : item.pixels.shape[0], : item.pixels.shape[1]] = item.pixels
-        boxes = torch.from_numpy(np.stack([item.boxes for item in good]).astype(np.float32))
-        inputs = (canvas, sizes, boxes)
-    return PreparedBatch(rows=[item.row for item in items], usable_rows=[item.row for item in good],
-                         bad=[item for item in items if item.problem is not None], inputs=inputs)
+    return PreparedBatch.of(items, _canvas_inputs)
+
+
+def _canvas_inputs(good: list[LoadedImage]) -> tuple[Tensor, Tensor, Tensor]:
+    sizes = torch.tensor([tuple(item.pixels.shape) for item in good])
+    canvas = torch.full((len(good), *sizes.amax(0).tolist()), round(PAD_VALUE * 255), dtype=torch.uint8)
+    for index, item in enumerate(good):
+        canvas[index, : item.pixels.shape[0], : item.pixels.shape[1]] = item.pixels
+    return canvas, sizes, torch.from_numpy(np.stack([item.boxes for item in good]).astype(np.float32))
 
 
 def feature_pipeline(extractor: FeatureExtractor, crops: str = "auto",
