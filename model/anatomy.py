@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from numbers import Real
 
 import numpy as np
@@ -222,3 +222,16 @@ def clip_box(box: Box, width: int, height: int) -> Box:
     x1, y1, x2, y2 = (float(v) for v in box)
     return (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
             min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+
+
+def box_iou(first: Sequence[float] | None, second: Sequence[float] | None) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when either is missing."""
+    if first is None or second is None:
+        return 0.0
+    width = min(first[2], second[2]) - max(first[0], second[0])
+    height = min(first[3], second[3]) - max(first[1], second[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    overlap = width * height
+    area = (first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
+    return float(overlap / (area - overlap))

@@ -35,6 +35,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chextriev" / "onnx"
 
 
+def cpu_session(model: Path | bytes) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on the physical cores, whose idle workers sleep rather than spin
+    (the network and other searches need the cores next)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = physical_cores()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
+                                providers=["CPUExecutionProvider"])
+
+
 def physical_cores() -> int:
     """Physical cores this process may run on: hyperthread siblings count once."""
     cpus = os.sched_getaffinity(0)
@@ -118,14 +130,7 @@ class OnnxBackbone:
         return self._session(model)
 
     def _session(self, model: Path | bytes) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = physical_cores()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle workers sleep instead of spinning: the network and other searches need the cores next.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
-                                       providers=["CPUExecutionProvider"])
+        session = cpu_session(model)
         shape = session.get_outputs()[0].shape
         if len(shape) != 2 or shape[1] != self.feature_dim:
             raise ValueError(f"the ONNX model gives features of shape {shape}, not (N, {self.feature_dim})")

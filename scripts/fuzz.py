@@ -66,8 +66,10 @@ READY_TIMEOUT_SECONDS = 120
 # The checks that compare an answer with the document; the others judge the behaviour.
 SCHEMA_CHECKS = frozenset({"status_code_conformance", "content_type_conformance",
                            "response_schema_conformance", "response_headers_conformance"})
-# What POST /search answers to schema-valid bytes that are no radiograph, or regions that are no boxes.
+# What POST /search and POST /regions answer to schema-valid bytes that are no radiograph (or no chest),
+# or regions that are no boxes.
 SEARCH_REFUSALS = ("413", "415", "422")
+UPLOAD_PATHS = ("/search", "/regions")
 TARGETED_PHASE = "targeted"
 FAILURE_DETAILS_KEPT = 50
 DISTINCT_FAILURE_KEYS = ("backend", "token", "operation", "phase", "check", "status")
@@ -127,7 +129,7 @@ class Tally:
 def fuzz_config(headers: dict[str, str], max_examples: int) -> schemathesis.Config:
     """Every schemathesis check, deterministic generation of valid and invalid data (failures kept as
     found, not shrunk), `headers` on every request; POST /search may refuse schema-valid bytes that
-    are no radiograph.
+    are no radiograph, and POST /regions those that hold no chest.
 
     The stateful phase is off: its links start from the cases a search returns, and no generated
     upload is a radiograph, so it would only spend the budget on GET /cases/{case_id} 404s."""
@@ -138,8 +140,9 @@ def fuzz_config(headers: dict[str, str], max_examples: int) -> schemathesis.Conf
         "generation": {"mode": "all", "max-examples": max_examples, "deterministic": True, "no-shrink": True,
                        "database": "none"},
         "phases": {"stateful": {"enabled": False}},
-        "operations": [{"include-path": "/search", "checks": {
-            "positive_data_acceptance": {"expected-statuses": ["2XX", *SEARCH_REFUSALS]}}}],
+        "operations": [{"include-path": path, "checks": {
+            "positive_data_acceptance": {"expected-statuses": ["2XX", *SEARCH_REFUSALS]}}}
+            for path in UPLOAD_PATHS],
     })
 
 
@@ -197,13 +200,18 @@ def engine_exchanges(schema: Any, errors: list[str]) -> Iterator[Exchange]:
 
 def targeted_exchanges(schema: Any, setup: ServiceSetup, headers: dict[str, str]) -> Iterator[Exchange]:
     """Valid requests generated data never makes: a search with a real radiograph and its boxes, the
-    saliency of a gallery case for it as JSON and PNG, a case, its thumbnail (then 304 for its ETag),
+    regions of that radiograph and a search without boxes, the saliency of a gallery case for the
+    first search as JSON and PNG, a case, its thumbnail (then 304 for its ETag),
     the index listing, an activation and a rollback; then the refusals of `found_refusals`."""
     pixels, boxes = setup.inputs[QUERY_CASE]
     exchange, response = _call(schema["/search"]["POST"].Case(
         body={"image": png_bytes(pixels), "regions": regions_json(boxes), "k": 3},
         media_type="multipart/form-data"), headers)
     yield exchange
+    yield _call(schema["/regions"]["POST"].Case(body={"image": png_bytes(pixels)}, media_type="multipart/form-data"),
+                headers)[0]
+    yield _call(schema["/search"]["POST"].Case(body={"image": png_bytes(pixels), "k": 3},
+                                               media_type="multipart/form-data"), headers)[0]
     query_id = response.json()["query_id"] if response.status_code == 200 else "unknown-query"
     for image_format in ("json", "png"):
         yield _call(schema["/saliency"]["GET"].Case(

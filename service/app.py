@@ -16,15 +16,16 @@ from service.admission import AdmissionMiddleware
 from service.db.session import DatabaseProbe
 from service.problems import install_problem_handlers
 from service.request_log import RequestLogMiddleware
-from service.routes import admin, cases, health, saliency, search
+from service.routes import admin, cases, health, regions, saliency, search
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 from service.upload_limit import FORM_OVERHEAD_BYTES, UploadLimitMiddleware
 
 DOCS_ASSETS_URL = "/docs-assets"
-DESCRIPTION = ("Case-based retrieval of chest radiographs (CheXtriev): upload a frontal radiograph with its "
-               "18 anatomical region boxes, get the most similar past cases with their findings, and see "
-               "which regions each match rests on. Errors are application/problem+json (RFC 9457).")
+DESCRIPTION = ("Case-based retrieval of chest radiographs (CheXtriev): upload a frontal radiograph (with its "
+               "18 anatomical region boxes, or without them: an anatomy model finds them), get the most "
+               "similar past cases with their findings, and see which regions each match rests on. "
+               "Errors are application/problem+json (RFC 9457).")
 
 
 async def keep_loading(state: ServiceState, retry_seconds: float, stopping: asyncio.Event) -> None:
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AdmissionMiddleware, limit=settings.max_concurrent_searches,
                        queue=settings.max_queued_searches, registry=state.metrics.registry)
     app.add_middleware(RequestLogMiddleware, metrics=state.metrics)
-    for router in (search.router, saliency.router, cases.router, health.router):
+    for router in (search.router, regions.router, saliency.router, cases.router, health.router):
         app.include_router(router)
     if settings.admin_token is not None:
         app.include_router(admin.router)

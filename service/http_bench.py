@@ -90,17 +90,19 @@ class HttpBenchConfig:
     extra_gallery: tuple[int, ...] = ()
     backbone: str = BACKBONE
     scratch_dir: Path | None = None  # kept when given; a temporary directory otherwise
+    send_regions: bool = True  # False: every search leaves the regions to the anatomy model
     command_line: tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
 
 
 @dataclass(frozen=True)
 class Upload:
-    """One /search request: a bundled radiograph's file and its 18 boxes as the `regions` JSON."""
+    """One /search request: a bundled radiograph's file and its 18 boxes as the `regions` JSON (None:
+    sent without regions)."""
 
     filename: str
     content: bytes
     content_type: str
-    regions: str
+    regions: str | None
 
 
 @dataclass(frozen=True)
@@ -126,12 +128,13 @@ def run_http_benchmark(config: HttpBenchConfig) -> dict[str, Any]:
         demo_arguments, work_dir, weights_note = _demo_arguments(config, scratch)
         record = _prepare_demo(demo_arguments)
         paths = DemoPaths(work_dir.resolve())
-        uploads = bundled_uploads()
+        uploads = bundled_uploads(with_regions=config.send_regions)
         report: dict[str, Any] = {
             "benchmark": "http", "command_line": list(config.command_line), "machine": machine(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "settings": {"requests_per_level": config.requests, "clients": list(config.clients), "k": config.k,
                          "warmup_requests": WARMUP_REQUESTS, "uploads": len(uploads),
+                         "regions": "client" if config.send_regions else "model",
                          "note": "the bench's HTTP clients share the machine's cores with the server"},
             "demo": {"work_dir": str(paths.work_dir), "snapshot_version": record["snapshot_version"],
                      "cases": record["cases"], "backbone": record["backbone"], "weights_note": weights_note,
@@ -211,14 +214,15 @@ def run_level(base_url: str, uploads: list[Upload], clients: int, requests: int,
             "statuses": {str(status): statuses.count(status) for status in sorted(set(statuses))}}
 
 
-def bundled_uploads() -> list[Upload]:
-    """Every bundled radiograph as an upload, with the 18 boxes derived from its expert lung boxes."""
+def bundled_uploads(with_regions: bool = True) -> list[Upload]:
+    """Every bundled radiograph as an upload, with the 18 boxes derived from its expert lung boxes
+    unless `with_regions` is False."""
     uploads = []
     for case in load_sample_cases():
         _, boxes = sample_case_input(case)
         content_type = "image/png" if case.image_path.suffix.lower() == ".png" else "image/jpeg"
         uploads.append(Upload(case.image_path.name, case.image_path.read_bytes(), content_type,
-                              json.dumps(boxes_by_name(boxes))))
+                              json.dumps(boxes_by_name(boxes)) if with_regions else None))
     return uploads
 
 
@@ -390,7 +394,7 @@ def _search(client: httpx.Client, upload: Upload, k: int) -> tuple[int, float]:
     """POST /search with `upload`; the status code and the milliseconds until the whole answer was read."""
     started = time.perf_counter()
     response = client.post("/search", files={"image": (upload.filename, upload.content, upload.content_type)},
-                           data={"regions": upload.regions, "k": str(k)})
+                           data={"k": str(k), **({} if upload.regions is None else {"regions": upload.regions})})
     return response.status_code, (time.perf_counter() - started) * 1000
 
 

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from model.anatomy import parse_regions
+from model.anatomy import parse_regions, validate_regions
 from model.catalogue import REGION_NAMES
 from model.embedder import Embedder
 from model.fileio import atomic_write_bytes
@@ -174,8 +174,8 @@ def _search_peak(checkpoint: str, upload: str, width: int, height: int, limits: 
     embedder = Embedder.from_checkpoint(checkpoint)
     started = time.perf_counter()
     regions = parse_regions(whole_image_regions(width, height))
-    image, boxes = decode_query(Path(upload).read_bytes(), regions, limits)
-    embedder.embed(image.pixels, boxes)
+    image = decode_query(Path(upload).read_bytes(), limits)
+    embedder.embed(image.pixels, validate_regions(regions, image.width, image.height))
     return _peak_rss_bytes(), os.getpid(), time.perf_counter() - started
 
 

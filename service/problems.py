@@ -33,6 +33,7 @@ from index_store.errors import (
     SnapshotInputError,
     SnapshotNotFoundError,
 )
+from model.anatomy_model import NoChestFoundError
 from model.errors import (
     ChextrievError,
     CorruptImageError,
@@ -109,6 +110,7 @@ _CHEXTRIEV_ERRORS: tuple[tuple[type[Exception], int, str, str], ...] = (
     (UnsupportedImageError, 415, "unsupported-image", "image"),
     (CorruptImageError, 422, "corrupt-image", "image"),
     (UnsupportedStudyError, 422, "unsupported-study", "image"),
+    (NoChestFoundError, 422, "no-chest-found", "image"),
 )
 _SNAPSHOT_ERRORS: tuple[tuple[type[SnapshotError], int, str], ...] = (
     (SnapshotNotFoundError, 404, "snapshot-not-found"),

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from index_store.manifest import VERSION_PATTERN, Manifest
 from index_store.store import StoreEntry
+from model.catalogue import REGION_NAMES
 from service.public_fields import PUBLIC_METADATA_KEYS, PublicMetadata
 
 
@@ -41,21 +42,39 @@ class SearchResult(BaseModel):
 
 
 class SearchTimings(BaseModel):
-    """Milliseconds per phase of a search."""
+    """Milliseconds per phase of a search (anatomy: checking the client's boxes or finding them)."""
 
     decode: float
+    anatomy: float
     embed: float
     search: float
     db: float
     total: float
 
 
+class CaseRegion(BaseModel):
+    """One of the 18 region boxes, [x1, y1, x2, y2] in pixels of its image."""
+
+    name: str
+    box: list[float]
+
+
+def region_entries(boxes: Any) -> list[CaseRegion]:
+    """The (18, 4) boxes in catalogue order as named entries."""
+    return [CaseRegion(name=name, box=[float(v) for v in box]) for name, box in zip(REGION_NAMES, boxes, strict=True)]
+
+
 class SearchResponse(BaseModel):
-    """The most similar gallery cases and the versions that produced them."""
+    """The most similar gallery cases, the query's 18 regions and the versions that produced them."""
 
     query_id: str = Field(description="pass it to GET /saliency while the query is kept")
     index_version: str
     model_version: str = Field(description="fingerprint of the model checkpoint")
+    regions_source: Literal["client", "model"] = Field(
+        description="client: the boxes sent in `regions`; model: found by the anatomy model")
+    regions: list[CaseRegion] = Field(description="the 18 boxes the search used, in pixels of the uploaded image")
+    anatomy_model_version: str | None = Field(
+        default=None, description="SHA-256 of the anatomy model file, when the model placed the regions")
     results: list[SearchResult]
     timing_ms: SearchTimings
 
@@ -92,11 +111,35 @@ class SaliencyResponse(BaseModel):
     timing_ms: SaliencyTimings
 
 
-class CaseRegion(BaseModel):
-    """One of the 18 region boxes of a case."""
+class FoundStructure(BaseModel):
+    """A structure the anatomy model found."""
 
-    name: str
-    box: list[float]
+    name: Literal["right lung", "left lung", "heart"]
+    box: list[float] = Field(description="[x1, y1, x2, y2] in pixels of the uploaded image")
+    outline: list[list[float]] = Field(description="closed polygon [[x, y], ...] around the predicted mask")
+    confidence: float = Field(description="mean probability inside the predicted mask")
+    area_fraction: float = Field(description="share of the image the mask covers")
+
+
+class RegionTimings(BaseModel):
+    """Milliseconds spent decoding the image and running the anatomy model."""
+
+    decode: float
+    anatomy: float
+    total: float
+
+
+class RegionsResponse(BaseModel):
+    """The anatomy the model finds in a radiograph: its structures and the 18 regions derived from them."""
+
+    width: int
+    height: int
+    regions: list[CaseRegion]
+    structures: list[FoundStructure] = Field(
+        description="the lungs, and the heart when the model was trained to find it and found it confidently; "
+                    "without a heart the cardiac silhouette is placed from the lungs")
+    anatomy_model_version: str = Field(description="SHA-256 of the anatomy model file")
+    timing_ms: RegionTimings
 
 
 class CaseResponse(BaseModel):

@@ -1,20 +1,18 @@
-"""`POST /search` as a plain function: decode, validate the regions, embed, search, look up the cases,
-keep the query for saliency and audit the search. Runs in a worker thread, never on the event loop;
-concurrent searches may share their embedding pass (service.embed_batcher)."""
+"""`POST /search` as a plain function: decode, take the client's regions or find them with the anatomy
+model, embed, search, look up the cases, keep the query for saliency and audit the search. Runs in a
+worker thread, never on the event loop; concurrent searches may share their embedding pass
+(service.embed_batcher)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import numpy as np
-
 from index_store.errors import SnapshotError
 from index_store.search import Exclusion
-from model.anatomy import Box, parse_regions, validate_regions
+from model.anatomy import parse_regions
 from model.errors import ChextrievError
 from model.imaging import DecodedImage, ImageLimits, decode_image
 from model.patient_keys import patient_hash
@@ -22,7 +20,8 @@ from service.db.repository import SearchAuditRecord, get_cases, record_search
 from service.db.session import session_scope
 from service.problems import Problem, field_problem, problem_from_error
 from service.query_cache import CachedQuery
-from service.schemas import SearchResponse, SearchResult, SearchTimings
+from service.query_regions import client_regions, model_regions
+from service.schemas import SearchResponse, SearchResult, SearchTimings, region_entries
 from service.state import ServiceState
 from service.study_checks import check_searchable_study
 from service.timing import PhaseTimer
@@ -32,10 +31,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchQuery:
-    """One search request: the uploaded file's bytes, the regions JSON text, k, and whose cases to skip."""
+    """One search request: the uploaded file's bytes, the regions JSON text (None: the anatomy model
+    places them), k, and whose cases to skip."""
 
     image: bytes
-    regions: str
+    regions: str | None
     k: int
     exclude_patient_id: str | None = None
 
@@ -60,22 +60,31 @@ def run_search(state: ServiceState, query: SearchQuery) -> SearchResponse:
     return response
 
 
-def decode_query(upload: bytes, regions: Mapping[str, Box], limits: ImageLimits) -> tuple[DecodedImage, np.ndarray]:
-    """The decoded upload, checked to be a searchable study, and its validated (18, 4) boxes."""
+def decode_query(upload: bytes, limits: ImageLimits) -> DecodedImage:
+    """The decoded upload, checked to be a searchable study by its DICOM header."""
     image = decode_image(upload, limits)
     check_searchable_study(image.dicom)
-    return image, validate_regions(regions, image.width, image.height)
+    return image
+
+
+def upload_limits(state: ServiceState) -> ImageLimits:
+    """The configured limits on an uploaded image."""
+    return ImageLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_image_pixels)
 
 
 def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
     embedder, index = state.require_ready()
     batcher = state.batcher
-    regions = parse_regions(query.regions)
+    if query.regions is not None:
+        parse_regions(query.regions)  # malformed boxes are refused before the image is decoded
     exclusion = _exclusion(state, query.exclude_patient_id)
     with batcher.in_progress():
         with timer.phase("decode"):
-            limits = ImageLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_image_pixels)
-            image, boxes = decode_query(query.image, regions, limits)
+            image = decode_query(query.image, upload_limits(state))
+        with timer.phase("anatomy"):
+            regions = (client_regions(query.regions, image) if query.regions is not None
+                       else model_regions(state.anatomy, image))
+        boxes = regions.boxes
         with timer.phase("embed"):
             embeddings = batcher.embed(image.pixels, boxes)
     with timer.phase("search"), index.lease() as snapshot:
@@ -103,9 +112,11 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
                for rank, case_id, score in zip(hits.ranks, hits.case_ids, hits.scores, strict=True)]
     phases = timer.phases
     return SearchResponse(query_id=query_id, index_version=hits.index_version, model_version=embedder.fingerprint,
+                          regions_source=regions.source, regions=region_entries(boxes),
+                          anatomy_model_version=state.anatomy.fingerprint if regions.source == "model" else None,
                           results=results, timing_ms=SearchTimings(
-                              decode=phases["decode"], embed=phases["embed"], search=phases["search"],
-                              db=phases["db"], total=timer.total_ms()))
+                              decode=phases["decode"], anatomy=phases["anatomy"], embed=phases["embed"],
+                              search=phases["search"], db=phases["db"], total=timer.total_ms()))
 
 
 def _exclusion(state: ServiceState, patient_id: str | None) -> Exclusion | None:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # The backbone's ImageNet weights: "default" (the architecture's published weights, from the
     # package or torchvision's cache) or the path of a weight file (model.backbones.build_backbone).
     backbone_weights: str = "default"
+    # The anatomy model that finds the regions of a query sent without them: an ONNX file from
+    # `chextriev anatomy train`; unset: the one shipped in the package (model/anatomy_weights).
+    anatomy_model: str | None = None
     # Dynamic micro-batching (service.embed_batcher): how long a search waits for others to share its
     # backbone pass, in milliseconds; 0 embeds each search on its own.
     batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)

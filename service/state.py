@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from index_store.active import ActiveIndex
 from index_store.errors import SnapshotError, SnapshotNotFoundError
 from index_store.store import list_snapshots
+from model.anatomy_model import AnatomyModel
 from model.devices import select_device
 from model.embedder import Embedder
 from model.errors import ChextrievError
@@ -55,20 +56,28 @@ class ServiceState:
         self.batcher: EmbedBatcher | None = None  # set with the embedder
         self.occlusions: CaseOcclusions | None = None  # set with the embedder
         self.index: ActiveIndex | None = None
+        self.anatomy: AnatomyModel | None = None
         self.load_problem: str | None = "the model and the index snapshot have not been loaded yet"
         self._load_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
         """True once the model is loaded and a snapshot is active."""
-        return self.embedder is not None and self.index is not None and self.index.manifest is not None
+        return (self.embedder is not None and self.anatomy is not None and self.index is not None
+                and self.index.manifest is not None)
 
     def require_ready(self) -> tuple[Embedder, ActiveIndex]:
         """The embedder and the active index, or a 503 problem saying why they are not there."""
         embedder, index = self.embedder, self.index
-        if embedder is None or index is None or index.manifest is None:
+        if embedder is None or self.anatomy is None or index is None or index.manifest is None:
             raise unavailable("not-ready", f"the service is not ready: {self.load_problem}")
         return embedder, index
+
+    def require_anatomy(self) -> AnatomyModel:
+        """The anatomy model, or a 503 problem while it is not loaded."""
+        if self.anatomy is None:
+            raise unavailable("not-ready", f"the anatomy model is not loaded: {self.load_problem}")
+        return self.anatomy
 
     def index_reading(self) -> IndexReading:
         """The active manifest, readiness and cache size, for the metrics."""
@@ -83,6 +92,8 @@ class ServiceState:
             started = time.perf_counter()
             self.load_problem = "loading the model and the index snapshot"
             try:
+                if self.anatomy is None:
+                    self.anatomy = AnatomyModel.load(self.settings.anatomy_model)
                 if self.embedder is None:
                     self.embedder = _load_embedder(self.settings)
                     self.batcher = EmbedBatcher(self.embedder, wait_seconds=self.settings.batch_wait_ms / 1000,

@@ -240,7 +240,8 @@ def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str
 def dataset_fingerprint(dataset: Dataset) -> str:
     """SHA-256 over what decides a dataset's cache rows: name, labels, regions source and, per record,
     case id, patient id, split, labels, image file name and anatomy (file paths by name only, so a
-    moved data folder keeps its fingerprint). Region labels are left out (see the module docstring)."""
+    moved data folder keeps its fingerprint; an anatomy model by its file's SHA-256 too). Region labels
+    are left out (see the module docstring)."""
     digest = hashlib.sha256(_canonical([dataset.name, list(dataset.label_names), dataset.regions_source]))
     for record in dataset.records:
         digest.update(_canonical([record.case_id, record.patient_id, record.split, list(record.labels),

@@ -1,9 +1,10 @@
 """Decoding dataset images and resolving their 18 crop boxes, in DataLoader worker processes.
 
 A `RecordImages` dataset yields, per cache row, the decoded grey pixels and the (18, 4) boxes
-(`AnatomySource.boxes(width, height)` after `model.imaging.decode_image`), or the reason the image
-cannot be used. Problems are returned rather than raised so that the caller decides whether to
-stop or skip; they name what is wrong, never the file path (paths can hold patient identifiers).
+(`AnatomySource.boxes_for(image)` after `model.imaging.decode_image`), or the reason the image
+cannot be used (an undecodable image, invalid anatomy, no chest found by the anatomy model).
+Problems are returned rather than raised so that the caller decides whether to stop or skip; they
+name what is wrong, never the file path (paths can hold patient identifiers).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class RecordImages(Dataset):
         record = self.records[row]
         try:
             image = decode_image(record.image_path)
-            boxes = record.anatomy.boxes(image.width, image.height)
+            boxes = record.anatomy.boxes_for(image)
         except ChextrievError as error:
             return LoadedImage(row, record.case_id, problem=f"{type(error).__name__}: {error}")
         except OSError as error:

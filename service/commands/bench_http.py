@@ -30,6 +30,8 @@ def register(benches: argparse._SubParsersAction) -> None:
     http.add_argument("--scratch-dir", type=Path,
                       help="where grown galleries, the ResNet50 demo and server logs go, kept (default: a "
                            "temporary directory, removed)")
+    http.add_argument("--without-regions", action="store_true",
+                      help="send every search without regions, so the anatomy model finds them")
     http.set_defaults(handler=_http)
 
 
@@ -39,7 +41,7 @@ def _http(args: argparse.Namespace) -> int:
     config = HttpBenchConfig(work_dir=args.work_dir, out=args.out,
                              configurations=tuple(args.config or CONFIGURATIONS), requests=args.requests,
                              clients=args.clients, extra_gallery=args.extra_gallery, backbone=args.backbone,
-                             scratch_dir=args.scratch_dir)
+                             scratch_dir=args.scratch_dir, send_regions=not args.without_regions)
     try:
         report = run_http_benchmark(config)
     except RuntimeError as error:

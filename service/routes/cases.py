@@ -7,13 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from model.catalogue import REGION_NAMES
 from service.case_images import make_thumbnail, thumbnail_etag
 from service.db.repository import CaseRecord, get_case
 from service.db.session import session_scope
 from service.problems import Problem, field_problem
 from service.routes.dependencies import State, problem_responses
-from service.schemas import CaseRegion, CaseResponse
+from service.schemas import CaseResponse, region_entries
 
 router = APIRouter(tags=["cases"])
 
@@ -26,8 +25,7 @@ def read_case(case_id: CaseId, state: State, request: Request) -> CaseResponse:
     """The stored case: findings, region boxes, size and allow-listed metadata (never the patient)."""
     case = _stored_case(state, case_id)
     return CaseResponse(
-        case_id=case.case_id, findings=case.findings, regions=[CaseRegion(name=name, box=box)
-                                         for name, box in zip(REGION_NAMES, case.region_boxes, strict=True)],
+        case_id=case.case_id, findings=case.findings, regions=region_entries(case.region_boxes),
         width=case.width, height=case.height, metadata=case.metadata,
         thumbnail_url=str(request.url_for("case_thumbnail", case_id=case.case_id).path))
 

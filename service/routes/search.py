@@ -1,4 +1,4 @@
-"""`POST /search`: a radiograph and its 18 region boxes -> the most similar gallery cases."""
+"""`POST /search`: a radiograph, with its 18 region boxes or without them -> the most similar gallery cases."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from service.search_service import SearchQuery, run_search
 
 router = APIRouter(tags=["search"])
 
-REGIONS_HELP = ('JSON: {"right lung": [x1, y1, x2, y2], ...} with the 18 Chest ImaGenome region names in '
-                "pixels of the uploaded image, or a Chest ImaGenome scene graph (objects with bbox_name and "
-                "original_x1..original_y2)")
+REGIONS_HELP = ('optional JSON: {"right lung": [x1, y1, x2, y2], ...} with the 18 Chest ImaGenome region names '
+                "in pixels of the uploaded image, or a Chest ImaGenome scene graph (objects with bbox_name and "
+                "original_x1..original_y2); without it the anatomy model finds the regions")
 
 
 @router.post("/search", response_model=SearchResponse, responses=problem_responses(400, 413, 415, 422, 503))
@@ -24,21 +24,22 @@ async def search(
     request: Request,
     state: State,
     image: Annotated[UploadFile, File(description="DICOM Part 10, PNG (8 or 16 bit) or JPEG")],
-    regions: Annotated[str, Form(min_length=1, description=REGIONS_HELP)],
+    regions: Annotated[str | None, Form(min_length=1, description=REGIONS_HELP)] = None,
     k: Annotated[int, Form(ge=1, le=100, description="how many cases to return")] = 5,
     exclude_patient_id: Annotated[str | None, Form(
         description="leave out every gallery case of this patient (matched by salted hash)")] = None,
 ) -> SearchResponse:
-    """The k most similar gallery cases, with their findings and metadata, the versions used and timings."""
-    data = await _read_within(image, state.settings.max_upload_bytes)
+    """The k most similar gallery cases, with their findings and metadata, the 18 regions used (the client's,
+    or the anatomy model's when none are sent: `regions_source`), the versions used and timings."""
+    data = await read_within(image, state.settings.max_upload_bytes)
     patient = exclude_patient_id.strip() if exclude_patient_id and exclude_patient_id.strip() else None
     response = await run_in_threadpool(run_search, state, SearchQuery(data, regions, k, patient))
     request.state.query_id = response.query_id
     return response
 
 
-async def _read_within(upload: UploadFile, max_bytes: int) -> bytes:
-    """The uploaded file's bytes, reading no more than one byte past `max_bytes`."""
+async def read_within(upload: UploadFile, max_bytes: int) -> bytes:
+    """The uploaded file's bytes, reading no more than one byte past `max_bytes` (413 past it)."""
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"the image file is larger than the limit of {max_bytes} bytes")

@@ -25,7 +25,7 @@ from sqlalchemy.orm import sessionmaker
 from index_store.gallery import GalleryData
 from index_store.manifest import CASE_IDS_FILE
 from index_store.store import publish_gallery
-from model.anatomy import boxes_by_name, validate_regions
+from model.anatomy import box_iou, boxes_by_name, validate_regions
 from model.catalogue import NUM_REGIONS, REGION_NAMES
 from model.region_derivation import derive_regions
 from model.saliency import region_saliency
@@ -77,8 +77,9 @@ def scene_graph_json(boxes: np.ndarray) -> str:
     return json.dumps({"image_id": "query", "objects": objects})
 
 
-def search(client: TestClient, image: bytes, regions: str, **fields) -> object:
-    data = {"regions": regions, **{name: str(value) for name, value in fields.items()}}
+def search(client: TestClient, image: bytes, regions: str | None, **fields) -> object:
+    """POST /search with the image, the regions (None: none sent) and other form fields."""
+    data = {**({} if regions is None else {"regions": regions}), **{name: str(value) for name, value in fields.items()}}
     return client.post("/search", files={"image": ("upload", image, "application/octet-stream")}, data=data)
 
 
@@ -172,7 +173,7 @@ def test_png_search_finds_the_same_radiograph_first_with_its_record(query_search
     assert query_search["index_version"] == PLAIN_VERSION
     assert query_search["model_version"] == service_setup.embedder.fingerprint
     timings = query_search["timing_ms"]
-    assert set(timings) == {"decode", "embed", "search", "db", "total"}
+    assert set(timings) == {"decode", "anatomy", "embed", "search", "db", "total"}
     assert timings["total"] >= timings["embed"] > 0
 
 
@@ -217,6 +218,13 @@ def test_dog_radiograph_is_searched_as_sent(client, shared_data):
     assert len(response.json()["results"]) == 2
 
 
+def test_dog_radiograph_without_regions_is_refused_as_not_a_chest(client, shared_data, sessions):
+    upload = (shared_data / "dicom" / "not_chest_dx_lateral_dog.dcm").read_bytes()
+    problem = assert_problem(search(client, upload, None), 422, "image")
+    assert problem["type"].endswith("no-chest-found") and "frontal chest" in problem["detail"]
+    assert_problem(client.post("/regions", files={"image": ("dog.dcm", upload)}), 422, "image")
+
+
 def test_dicom_declaring_a_lateral_view_is_refused(client, service_setup):
     pixels, boxes = service_setup.inputs[QUERY_CASE]
     dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(np.round(pixels * 255).astype(np.uint8))))
@@ -225,6 +233,68 @@ def test_dicom_declaring_a_lateral_view_is_refused(client, service_setup):
     dataset.save_as(buffer, enforce_file_format=True)
     problem = assert_problem(search(client, buffer.getvalue(), regions_json(boxes)), 422, "image")
     assert "LL" in problem["detail"]
+
+
+# ---- without regions: the anatomy model places them ----------------------------------------------------
+
+def _upload_forms(pixels: np.ndarray) -> dict[str, bytes]:
+    grey = np.round(pixels * 255).astype(np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(grey).save(jpeg, format="JPEG", quality=92)
+    return {"png": png_bytes(pixels), "jpeg": jpeg.getvalue(), "dicom": dicom_bytes(grey)}
+
+
+def _region_iou(found: list[dict], expected: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    boxes = {entry["name"]: entry["box"] for entry in found}
+    return {name: box_iou(boxes[name], expected[REGION_NAMES.index(name)]) for name in names}
+
+
+@pytest.mark.parametrize("form", ["png", "jpeg", "dicom"])
+def test_search_without_regions_uses_the_anatomy_model(client, service_setup, sessions, form):
+    pixels, expert = service_setup.inputs[QUERY_CASE]
+    response = search(client, _upload_forms(pixels)[form], None, k=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["regions_source"] == "model" and len(body["anatomy_model_version"]) == 64
+    assert [entry["name"] for entry in body["regions"]] == list(REGION_NAMES)
+    assert min(_region_iou(body["regions"], expert, ("right lung", "left lung")).values()) > 0.7
+    assert body["results"][0]["case_id"] == QUERY_CASE
+    assert body["timing_ms"]["anatomy"] > 0
+    with session_scope(sessions) as session:
+        audited = next(r for r in list_recent_searches(session, 50) if r.query_id == body["query_id"])
+    assert audited.status_code == 200
+
+
+def test_the_clients_regions_win_and_are_returned(client, service_setup):
+    pixels, boxes = service_setup.inputs[QUERY_CASE]
+    body = search(client, png_bytes(pixels), regions_json(boxes), k=1).json()
+    assert body["regions_source"] == "client" and body["anatomy_model_version"] is None
+    np.testing.assert_allclose([entry["box"] for entry in body["regions"]], boxes, atol=1e-3)
+
+
+@pytest.mark.parametrize("form", ["png", "jpeg", "dicom"])
+def test_regions_endpoint_returns_the_18_boxes_and_the_outlines(client, service_setup, form):
+    pixels, expert = service_setup.inputs[QUERY_CASE]
+    response = client.post("/regions", files={"image": ("upload", _upload_forms(pixels)[form])})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == (pixels.shape[1], pixels.shape[0])
+    assert [entry["name"] for entry in body["regions"]] == list(REGION_NAMES)
+    structures = {entry["name"]: entry for entry in body["structures"]}
+    assert {"right lung", "left lung"} <= set(structures)
+    for name in ("right lung", "left lung"):
+        assert len(structures[name]["outline"]) >= 8 and structures[name]["confidence"] > 0.75
+        assert structures[name]["box"] == pytest.approx(next(r["box"] for r in body["regions"] if r["name"] == name))
+    assert min(_region_iou(body["regions"], expert, ("right lung", "left lung")).values()) > 0.7
+
+
+def test_an_image_without_a_chest_is_refused_naming_the_problem(client, sessions):
+    blank = png_bytes(np.full((400, 400), 0.5, dtype=np.float32))
+    for response in (search(client, blank, None), client.post("/regions", files={"image": ("blank.png", blank)})):
+        problem = assert_problem(response, 422, "image")
+        assert problem["type"].endswith("no-chest-found") and "no right lung found" in problem["detail"]
+    with session_scope(sessions) as session:
+        assert list_recent_searches(session, 1)[0].status_code == 422
 
 
 def test_exclude_patient_id_leaves_out_every_case_of_that_patient(client, service_setup, caplog):
@@ -353,7 +423,7 @@ def test_k_out_of_range_is_422_naming_k(client, k):
 
 
 def test_missing_fields_are_named(client):
-    problem = assert_problem(client.post("/search", data={"k": "3"}), 422, "image", "regions")
+    problem = assert_problem(client.post("/search", data={"k": "3"}), 422, "image")
     assert all(entry["location"] == "body" for entry in problem["errors"])
 
 

@@ -3,8 +3,8 @@
 Either a generic manifest::
 
     --manifest PATH [--column NAME=FILE_COLUMN ...] [--label-column COL ...] [--yes-no-label A,B]
-    [--no-label-values V1,V2] [--label-separators "|,"] [--regions auto|atlas] [--atlas-from MANIFEST]
-    [--split-seed N] [--split-fractions 0.7,0.1,0.2] [--split-conflicts error|majority]
+    [--no-label-values V1,V2] [--label-separators "|,"] [--regions auto|atlas|model] [--atlas-from MANIFEST]
+    [--anatomy-model FILE] [--split-seed N] [--split-fractions 0.7,0.1,0.2] [--split-conflicts error|majority]
 
 or Chest ImaGenome on MIMIC-CXR-JPG::
 
@@ -31,7 +31,7 @@ from trainer.datasets.records import Dataset
 from trainer.datasets.splits import DEFAULT_FRACTIONS
 
 IMAGENOME_OPTIONS = ("imagenome_scene_graphs", "mimic_jpg", "mimic_split")
-MANIFEST_ONLY_OPTIONS = ("column", "label_column", "yes_no_label", "no_label_values", "atlas_from")
+MANIFEST_ONLY_OPTIONS = ("column", "label_column", "yes_no_label", "no_label_values", "atlas_from", "anatomy_model")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,9 +53,12 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"characters separating label names in one cell (default {DEFAULT_SEPARATORS!r})")
     group.add_argument("--regions", choices=REGION_MODES, default="auto",
                        help="auto: each row's own regions, lung boxes or masks; atlas: a mean template "
-                            "for every image (for sets without anatomy)")
+                            "for every image; model: the anatomy model's prediction from each image's "
+                            "pixels (atlas and model: for sets without anatomy)")
     group.add_argument("--atlas-from", metavar="MANIFEST",
                        help="learn the atlas from this manifest's anatomy (standard column names)")
+    group.add_argument("--anatomy-model", metavar="FILE",
+                       help="ONNX anatomy model of --regions model (default: the shipped model)")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the patient-level split (default 0)")
     group.add_argument("--split-fractions", default=",".join(str(f) for f in DEFAULT_FRACTIONS),
                        metavar="TRAIN,VAL,TEST", help="fractions of the patient-level split (default 0.7,0.1,0.2)")
@@ -90,16 +93,17 @@ def dataset_from_args(args: argparse.Namespace) -> Dataset:
         raise _usage("choose a dataset: --manifest PATH, or --imagenome-scene-graphs, --mimic-jpg "
                      "and --mimic-split")
     return read_manifest(
-        args.manifest, columns=_column_mapping(args.column), label_columns=_names(args.label_column),
+        args.manifest, columns=column_mapping(args.column), label_columns=_names(args.label_column),
         yes_no_label_columns=_names(args.yes_no_label), regions=args.regions, seed=args.split_seed,
         split_fractions=_fractions(args.split_fractions), label_separators=args.label_separators,
         no_label_values=(DEFAULT_NO_LABEL_VALUES if args.no_label_values is None
                          else [value.strip() for value in args.no_label_values.split(",")]),
         missing_images=args.missing_images, split_conflicts=args.split_conflicts,
-        atlas_from=args.atlas_from, name=args.dataset_name)
+        atlas_from=args.atlas_from, anatomy_model=args.anatomy_model, name=args.dataset_name)
 
 
-def _column_mapping(items: list[str]) -> dict[str, str]:
+def column_mapping(items: list[str]) -> dict[str, str]:
+    """``--column NAME=FILE_COLUMN`` options as a mapping (DatasetError for a malformed one)."""
     mapping = {}
     for item in items:
         name, separator, column = item.partition("=")

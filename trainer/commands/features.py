@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the same with model.crops on the device; auto: device on a GPU, exact elsewhere "
                              "(default auto)")
     parser.add_argument("--skip-bad-images", action="store_true",
-                        help="skip images that cannot be decoded or whose anatomy is invalid (logged by case "
+                        help="skip images that cannot be decoded, whose anatomy is invalid or in which the "
+                             "anatomy model (--regions model) finds no chest (logged by case "
                              "id, marked skipped in the cache and left out of training and evaluation) "
                              "instead of stopping at the first")
     add_dataset_arguments(parser)

@@ -1,12 +1,17 @@
-"""Where an image's 18 region boxes come from; each source places them once the image size is known.
+"""Where an image's 18 region boxes come from.
 
 A reader does not open images: the feature extractor decodes an image and then calls
-``source.boxes(width, height)``, which returns the validated float32 (18, 4) boxes in
-`model.catalogue.REGION_NAMES` order or raises a `RegionError` naming each bad region.
+``source.boxes_for(image)``, which returns the validated float32 (18, 4) boxes in
+`model.catalogue.REGION_NAMES` order or raises a `RegionError` naming each bad region. Every source
+but `PredictedRegions` needs only the image's size, ``source.boxes(width, height)``; the anatomy
+model needs the pixels (and raises `NoChestFoundError` when it finds no frontal chest).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +21,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from model.anatomy import Box, boxes_by_name, order_boxes, validate_regions
+from model.anatomy_model import SHIPPED_MODEL, AnatomyModel
 from model.catalogue import NUM_REGIONS, REGION_NAMES
-from model.errors import RegionError, RegionProblem
+from model.errors import ChextrievError, RegionError, RegionProblem
+from model.imaging import DecodedImage
 from model.region_derivation import derive_regions, derive_regions_from_masks
 
 
@@ -27,8 +34,16 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
+class _SizedSource:
+    """A source that places the regions from the image's size alone."""
+
+    def boxes_for(self, image: DecodedImage) -> np.ndarray:
+        """The boxes of a decoded image: ``boxes(image.width, image.height)``."""
+        return self.boxes(image.width, image.height)
+
+
 @dataclass(frozen=True, eq=False)
-class NamedBoxes:
+class NamedBoxes(_SizedSource):
     """The 18 boxes given explicitly (a manifest's ``regions`` or a Chest ImaGenome scene graph),
     in pixels of the image, as a read-only float32 (18, 4) array in catalogue order."""
 
@@ -51,7 +66,7 @@ class NamedBoxes:
 
 
 @dataclass(frozen=True)
-class LungBoxes:
+class LungBoxes(_SizedSource):
     """Right and left lung boxes (and optionally the heart's), from which the 18 regions are derived."""
 
     right_lung: Box
@@ -66,7 +81,7 @@ class LungBoxes:
 
 
 @dataclass(frozen=True)
-class LungMasks:
+class LungMasks(_SizedSource):
     """Binary mask files (non-zero = inside) of the right and left lung, optionally the heart, each
     the size of the image; the 18 regions are derived from them."""
 
@@ -87,7 +102,7 @@ class LungMasks:
 
 
 @dataclass(frozen=True, eq=False)
-class AtlasRegions:
+class AtlasRegions(_SizedSource):
     """A mean template of the 18 boxes as fractions of the image width and height (x1, y1, x2, y2
     in [0, 1]), scaled to each image: for rows with no anatomy of their own."""
 
@@ -112,7 +127,47 @@ class AtlasRegions:
         return validate_regions(boxes_by_name(scaled), width, height)
 
 
-AnatomySource = NamedBoxes | LungBoxes | LungMasks | AtlasRegions
+@dataclass(frozen=True)
+class PredictedRegions:
+    """The 18 regions the anatomy model (`model.anatomy_model`) predicts from each image's pixels.
+
+    Holds the model file and its SHA-256 (so a dataset's fingerprint follows the model); the model
+    itself is loaded on first use, once per process, so pickling to DataLoader workers is cheap.
+    """
+
+    model_path: Path
+    model_fingerprint: str
+    kind: ClassVar[str] = "model"
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike | None = None) -> PredictedRegions:
+        """The source for the model file at ``path`` (None: the shipped model); OSError when unreadable."""
+        path = Path(SHIPPED_MODEL if path is None else path)
+        return cls(path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+    def boxes(self, width: int, height: int) -> np.ndarray:
+        """Always a RegionError: the size alone does not place predicted regions."""
+        raise RegionError([RegionProblem("all regions", "predicted regions need the image's pixels: "
+                                                        "use boxes_for(image)")])
+
+    def boxes_for(self, image: DecodedImage) -> np.ndarray:
+        """The model's 18 regions of the image (validated by the model); NoChestFoundError when it
+        finds no frontal chest in it."""
+        model = _anatomy_model(self.model_path, self.model_fingerprint, os.getpid())
+        return model.predict(image.pixels).regions
+
+
+@functools.cache
+def _anatomy_model(path: Path, fingerprint: str, process_id: int) -> AnatomyModel:
+    """The model at ``path``, loaded once per process (keyed by ``process_id``: an ONNX Runtime
+    session does not survive a fork); refused when the file changed since the dataset was read."""
+    model = AnatomyModel.load(path)
+    if model.fingerprint != fingerprint:
+        raise ChextrievError(f"the anatomy model {path.name} changed since the dataset was read: read it again")
+    return model
+
+
+AnatomySource = NamedBoxes | LungBoxes | LungMasks | AtlasRegions | PredictedRegions
 
 
 def _read_mask(path: Path, name: str, width: int, height: int) -> np.ndarray:

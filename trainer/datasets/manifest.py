@@ -18,6 +18,9 @@ Columns (canonical names; a file's own names are mapped with ``columns={"patient
 With ``regions="atlas"`` every image gets the 18 regions of a mean template (`trainer.datasets.atlas`)
 learned from, in order of preference: the manifest ``atlas_from``; this manifest's rows that have
 anatomy; the lung boxes of the radiographs bundled with the package (`trainer/demo/cxr_lungbox`).
+With ``regions="model"`` every image's 18 regions are predicted from its pixels by the anatomy model
+(`model.anatomy_model`) in the file ``anatomy_model`` (default: the shipped one). In both modes rows
+need no anatomy of their own.
 Every problem with a row is reported at once, naming the file, line and column; nothing is read
 half-way.
 """
@@ -33,14 +36,21 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.datasets.anatomy_sources import AnatomySource, AtlasRegions, LungMasks
+from model.anatomy_model import SHIPPED_MODEL
+from trainer.datasets.anatomy_sources import AnatomySource, AtlasRegions, LungMasks, PredictedRegions
 from trainer.datasets.atlas import learn_atlas
 from trainer.datasets.errors import DatasetError, DatasetProblem, option_error
 from trainer.datasets.labels import DEFAULT_NO_LABEL_VALUES, DEFAULT_SEPARATORS, LabelRules, cell_text
 from trainer.datasets.manifest_anatomy import placement_problems, row_anatomy
 from trainer.datasets.records import Dataset, ImageRecord, patient_key
-from trainer.datasets.splits import (DEFAULT_FRACTIONS, checked_fractions, majority_splits, patient_splits,
-                                   patients_in_several_splits, split_name)
+from trainer.datasets.splits import (
+    DEFAULT_FRACTIONS,
+    checked_fractions,
+    majority_splits,
+    patient_splits,
+    patients_in_several_splits,
+    split_name,
+)
 from trainer.datasets.tables import Table, read_table
 from trainer.demo.samples import SAMPLE_DIR
 
@@ -48,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("image", "case_id", "patient_id", "split", "labels", "regions",
                                      "right_lung", "left_lung", "heart", "width", "height", "view")
-REGION_MODES = ("auto", "atlas")
+REGION_MODES = ("auto", "atlas", "model")
 MISSING_IMAGE_POLICIES = ("error", "skip")
 SPLIT_CONFLICT_POLICIES = ("error", "majority")
 ANATOMY_COLUMNS = ("regions", "right_lung", "left_lung", "heart")
@@ -76,7 +86,8 @@ def read_manifest(path: str | os.PathLike, *, columns: Mapping[str, str] | None 
                   label_separators: str = DEFAULT_SEPARATORS,
                   no_label_values: Collection[str] = DEFAULT_NO_LABEL_VALUES,
                   missing_images: str = "error", split_conflicts: str = "error",
-                  atlas_from: str | os.PathLike | None = None, name: str | None = None) -> Dataset:
+                  atlas_from: str | os.PathLike | None = None, anatomy_model: str | os.PathLike | None = None,
+                  name: str | None = None) -> Dataset:
     """Read a manifest into a Dataset (see the module docstring); DatasetError lists every problem."""
     path = Path(path)
     _check_choice("regions", regions, REGION_MODES)
@@ -96,10 +107,13 @@ def read_manifest(path: str | os.PathLike, *, columns: Mapping[str, str] | None 
     records = [ImageRecord(row.case_id, row.image_path, row.patient_id, split,
                            tuple(name for name in label_names if name in row.labels), row.anatomy, row.metadata)
                for row, split in zip(rows, splits)]
-    atlas_origin = None
+    shared, atlas_origin = None, None
     if regions == "atlas":
-        atlas, atlas_origin = _atlas(records, table.source, atlas_from)
-        records = [dataclasses.replace(record, anatomy=atlas) for record in records]
+        shared, atlas_origin = _atlas(records, table.source, atlas_from)
+    elif regions == "model":
+        shared = _predicted_regions(anatomy_model)
+    if shared is not None:
+        records = [dataclasses.replace(record, anatomy=shared) for record in records]
     stem = path.name.split(".")[0]
     dataset = Dataset(
         name=name or (path.parent.name if stem == "manifest" else stem),
@@ -217,7 +231,7 @@ def _parse_row(source: str, line: int, values: Mapping[str, object], column_of: 
             problem(canonical, message)
     if anatomy is None and not anatomy_problems and regions == "auto":
         problem(None, "no anatomy: give regions, or right_lung and left_lung (boxes or masks), "
-                      "or read the manifest with regions='atlas' (--regions atlas)")
+                      "or read the manifest with regions='atlas' or 'model' (--regions atlas|model)")
     if problems:
         return None, problems, unclear
     metadata = {"width": size[0], "height": size[1]} if size else {}
@@ -302,6 +316,16 @@ def _atlas(records: list[ImageRecord], source: str,
         return atlas, f"learned from {used} images of {source} that have anatomy"
     atlas, used = bundled_atlas()
     return atlas, f"learned from the lung boxes of {used} radiographs bundled with the package"
+
+
+def _predicted_regions(model_file: str | os.PathLike | None) -> PredictedRegions:
+    """The anatomy model's regions source (None: the shipped model); an option error when its file cannot be read."""
+    try:
+        return PredictedRegions.from_file(model_file)
+    except OSError as error:
+        shown = SHIPPED_MODEL if model_file is None else model_file
+        raise option_error("anatomy_model", f"cannot read the anatomy model {shown}: "
+                                            f"{error.strerror or type(error).__name__}") from None
 
 
 @functools.cache

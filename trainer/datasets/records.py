@@ -14,7 +14,7 @@ from trainer.datasets.anatomy_sources import AnatomySource
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Dataset.regions_source values: what placed the 18 regions of every record.
-REGION_SOURCES: tuple[str, ...] = ("imagenome", "boxes", "lung_boxes", "masks", "atlas", "mixed")
+REGION_SOURCES: tuple[str, ...] = ("imagenome", "boxes", "lung_boxes", "masks", "atlas", "model", "mixed")
 
 
 def patient_key(patient_id: str | None, case_id: str) -> str:

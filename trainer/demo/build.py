@@ -396,7 +396,7 @@ def gallery_occlusions(embedder: Embedder, records: list[ImageRecord]) -> np.nda
     occluded = []
     for record in tqdm(records, desc="occlusion embeddings", unit="image"):
         image = decode_image(record.image_path)
-        boxes = record.anatomy.boxes(image.width, image.height)
+        boxes = record.anatomy.boxes_for(image)
         occluded.append(occlusion_embeddings(embedder, image.pixels, boxes).embeddings)
     return np.stack(occluded).astype(np.float32)
 
@@ -426,7 +426,7 @@ def demo_cases(dataset: Dataset) -> list[DemoCase]:
     cases = []
     for record in dataset.records:
         image = decode_image(record.image_path)
-        boxes = record.anatomy.boxes(image.width, image.height)
+        boxes = record.anatomy.boxes_for(image)
         metadata = {key: value for key, value in samples[record.case_id].metadata.items() if value}
         cases.append(DemoCase(
             case_id=record.case_id,

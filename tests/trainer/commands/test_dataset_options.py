@@ -48,6 +48,12 @@ def test_imagenome_options():
     assert dataset.name == "mimic" and len(dataset.records) == 4 and dataset.regions_source == "imagenome"
 
 
+def test_model_regions_come_from_the_anatomy_model_file_named(shipped_anatomy_model):
+    dataset = dataset_from_args(parse(f"--manifest {SAMPLE_DIR / 'manifest.csv'} --regions model "
+                                      f"--anatomy-model {shipped_anatomy_model}"))
+    assert dataset.regions_source == "model" and dataset.records[0].anatomy.model_path == shipped_anatomy_model
+
+
 @pytest.mark.parametrize("arguments, message", [
     ("", "choose a dataset"),
     (f"--manifest m.csv --mimic-jpg {FIXTURES}", "not both"),
@@ -56,6 +62,10 @@ def test_imagenome_options():
      f"--mimic-split {FIXTURES / 'mimic-cxr-2.0.0-split.csv'} --label-column finding", "--label-column apply"),
     (f"--manifest {SAMPLE_DIR / 'manifest.csv'} --column patientid", "expected NAME=FILE_COLUMN"),
     (f"--manifest {SAMPLE_DIR / 'manifest.csv'} --split-fractions 0.7,x,0.2", "expected three numbers"),
+    (f"--imagenome-scene-graphs {FIXTURES / 'scene_graph'} --mimic-jpg {FIXTURES} "
+     f"--mimic-split {FIXTURES / 'mimic-cxr-2.0.0-split.csv'} --anatomy-model a.onnx", "--anatomy-model apply"),
+    (f"--manifest {SAMPLE_DIR / 'manifest.csv'} --regions model --anatomy-model absent.onnx",
+     "cannot read the anatomy model absent.onnx"),
 ])
 def test_contradictory_or_malformed_options_are_refused(arguments, message):
     with pytest.raises(DatasetError, match=message):
