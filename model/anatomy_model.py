@@ -54,6 +54,10 @@ class NoChestFoundError(ChextrievError):
     """The anatomy model found no plausible frontal chest in the image."""
 
 
+class AnatomyModelError(ChextrievError):
+    """An anatomy model file that cannot be used: unreadable, not ONNX, or without its metadata."""
+
+
 @dataclass(frozen=True)
 class FoundStructure:
     """One structure the model found: its box and outline in image pixels, its share of the image, the
@@ -82,13 +86,20 @@ class AnatomyModel:
         from model.onnx_backbone import cpu_session
 
         self.path = Path(path)
-        model_bytes = self.path.read_bytes()
+        try:
+            model_bytes = self.path.read_bytes()
+            self.session = cpu_session(model_bytes)
+        except Exception as error:  # noqa: BLE001 - OSError, or ONNX Runtime's errors, which share no base
+            raise AnatomyModelError(f"cannot load the anatomy model {self.path.name}: "
+                                    f"{type(error).__name__}: {error}") from None
         self.fingerprint = hashlib.sha256(model_bytes).hexdigest()
-        self.session = cpu_session(model_bytes)
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        self.input_size = int(metadata[META_INPUT_SIZE])
-        self.trained_structures = tuple(name for name in metadata[META_TRAINED].split(",") if name)
-        self.metadata = dict(metadata)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        missing = [key for key in (META_INPUT_SIZE, META_TRAINED) if key not in self.metadata]
+        if missing:
+            raise AnatomyModelError(f"the anatomy model {self.path.name} lacks the metadata {', '.join(missing)}: "
+                                    "export it with `chextriev anatomy train`")
+        self.input_size = int(self.metadata[META_INPUT_SIZE])
+        self.trained_structures = tuple(name for name in self.metadata[META_TRAINED].split(",") if name)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> AnatomyModel:
@@ -102,9 +113,7 @@ class AnatomyModel:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Float32 (len(STRUCTURES), S, S) probability maps of a grey (H, W) image in [0, 1]."""
-        resized = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F").resize(
-            (self.input_size, self.input_size), Image.Resampling.BILINEAR)
-        batch = np.asarray(resized, dtype=np.float32)[None, None]
+        batch = resize_grey(pixels, self.input_size)[None, None]
         logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0][0]
         return 1.0 / (1.0 + np.exp(-logits))
 
@@ -131,6 +140,14 @@ class AnatomyModel:
             raise NoChestFoundError("the lungs the anatomy model found are not placed as in a frontal chest "
                                     f"radiograph ({placement})") from None
         return AnatomyPrediction(found, validate_regions(regions, width, height))
+
+
+def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
+    """A grey float image resized to the model's (size, size) input, antialiased (PIL's bilinear
+    filter widens with the reduction); training resizes its images and masks with it too."""
+    resized = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F").resize(
+        (size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
 
 
 def _largest_part(name: str, probabilities: np.ndarray, width: int, height: int) -> FoundStructure | None:

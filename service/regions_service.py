@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.query_regions import model_regions
-from service.schemas import FoundStructure, RegionsResponse, RegionTimings, region_entries
+from service.schemas import AnatomyStructure, RegionsResponse, RegionTimings, region_entries
 from service.search_service import decode_query, upload_limits
 from service.state import ServiceState
 from service.timing import PhaseTimer
@@ -17,8 +17,8 @@ def find_regions(state: ServiceState, upload: bytes) -> RegionsResponse:
         image = decode_query(upload, upload_limits(state))
     with timer.phase("anatomy"):
         regions = model_regions(model, image)
-    structures = [FoundStructure(name=found.name, box=list(found.box), outline=[list(point) for point in found.outline],
-                                 confidence=round(found.confidence, 4), area_fraction=round(found.area_fraction, 4))
+    structures = [AnatomyStructure(name=found.name, box=list(found.box), outline=[list(p) for p in found.outline],
+                                   confidence=round(found.confidence, 4), area_fraction=round(found.area_fraction, 4))
                   for found in regions.prediction.structures.values()]
     return RegionsResponse(width=image.width, height=image.height, regions=region_entries(regions.boxes),
                            structures=structures, anatomy_model_version=model.fingerprint,

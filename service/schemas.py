@@ -111,7 +111,7 @@ class SaliencyResponse(BaseModel):
     timing_ms: SaliencyTimings
 
 
-class FoundStructure(BaseModel):
+class AnatomyStructure(BaseModel):
     """A structure the anatomy model found."""
 
     name: Literal["right lung", "left lung", "heart"]
@@ -135,7 +135,7 @@ class RegionsResponse(BaseModel):
     width: int
     height: int
     regions: list[CaseRegion]
-    structures: list[FoundStructure] = Field(
+    structures: list[AnatomyStructure] = Field(
         description="the lungs, and the heart when the model was trained to find it and found it confidently; "
                     "without a heart the cardiac silhouette is placed from the lungs")
     anatomy_model_version: str = Field(description="SHA-256 of the anatomy model file")
@@ -219,11 +219,12 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """The model and an index snapshot are loaded."""
+    """The models and an index snapshot are loaded."""
 
     status: Literal["ready"] = "ready"
     index_version: str
     model_version: str
+    anatomy_model_version: str = Field(description="SHA-256 of the anatomy model file")
 
 
 def _summary_fields(summary: dict[str, Any]) -> dict[str, Any]:

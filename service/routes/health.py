@@ -23,12 +23,13 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses=problem_responses(503))
 async def readyz(request: Request, state: State) -> Readiness:
-    """200 once the model and an index snapshot are loaded and the database answers; 503 with the
+    """200 once the models and an index snapshot are loaded and the database answers; 503 with the
     reason otherwise."""
     embedder, index = state.require_ready()
     if not await request.app.state.database_probe.reachable():
         raise database_unavailable()
-    return Readiness(index_version=index.manifest.version, model_version=embedder.fingerprint)
+    return Readiness(index_version=index.manifest.version, model_version=embedder.fingerprint,
+                     anatomy_model_version=state.anatomy.fingerprint)
 
 
 @router.get("/metrics", response_class=Response,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model.anatomy import box_iou
-from model.anatomy_model import LUNGS, SHIPPED_MODEL, AnatomyModel, NoChestFoundError
+from model.anatomy_model import LUNGS, SHIPPED_MODEL, AnatomyModel, AnatomyModelError, NoChestFoundError
 from model.catalogue import NUM_REGIONS
 from model.imaging import decode_image
 
@@ -79,3 +79,23 @@ def test_images_that_are_not_frontal_chests_are_refused(model, held_out_cases, k
     }[kind]()
     with pytest.raises(NoChestFoundError, match="frontal chest"):
         model.predict(pixels)
+
+
+def test_an_unusable_model_file_is_refused_naming_the_file(tmp_path):
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(SHIPPED_MODEL.read_bytes()[:50_000])
+    with pytest.raises(AnatomyModelError, match="cannot load the anatomy model truncated.onnx"):
+        AnatomyModel.load(truncated)
+    with pytest.raises(AnatomyModelError, match="cannot load the anatomy model absent.onnx"):
+        AnatomyModel.load(tmp_path / "absent.onnx")
+
+
+def test_an_onnx_file_without_the_metadata_is_refused(tmp_path):
+    import onnx
+
+    model = onnx.load(SHIPPED_MODEL)
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, bare)
+    with pytest.raises(AnatomyModelError, match="lacks the metadata input_size, trained_structures"):
+        AnatomyModel.load(bare)

@@ -26,6 +26,7 @@ from index_store.gallery import GalleryData
 from index_store.manifest import CASE_IDS_FILE
 from index_store.store import publish_gallery
 from model.anatomy import box_iou, boxes_by_name, validate_regions
+from model.anatomy_model import AnatomyModel
 from model.catalogue import NUM_REGIONS, REGION_NAMES
 from model.region_derivation import derive_regions
 from model.saliency import region_saliency
@@ -604,7 +605,22 @@ def test_readyz_is_503_until_the_model_and_index_are_loaded(service_setup):
     with TestClient(app) as started:
         body = wait_until_ready(started)
     assert body == {"status": "ready", "index_version": PLAIN_VERSION,
-                    "model_version": service_setup.embedder.fingerprint}
+                    "model_version": service_setup.embedder.fingerprint,
+                    "anatomy_model_version": AnatomyModel.load().fingerprint}
+
+
+def test_an_unusable_anatomy_model_keeps_the_service_unready_naming_it(service_setup, tmp_path, caplog):
+    broken = tmp_path / "anatomy.onnx"
+    broken.write_bytes(b"not an ONNX model")
+    settings = service_setup.settings(anatomy_model=str(broken))
+    with caplog.at_level(logging.ERROR, logger="service.state"), TestClient(create_app(settings)) as failing:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while "AnatomyModelError" not in (problem := failing.get("/readyz").json())["detail"]:
+            assert time.monotonic() < deadline, problem
+            time.sleep(0.05)
+        assert_problem(failing.post("/regions", files={"image": ("x.png", b"x")}), 503)
+    assert "cannot load the anatomy model anatomy.onnx" in next(
+        record.problem for record in caplog.records if record.getMessage() == "service load failed")
 
 
 def test_readyz_reports_why_loading_failed_without_the_error_text(service_setup, caplog):

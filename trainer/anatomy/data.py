@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from model.anatomy_model import STRUCTURES
+from model.anatomy_model import STRUCTURES, resize_grey
 from model.catalogue import REGION_INDEX
 from model.imaging import decode_image
 from trainer.datasets.anatomy_sources import LungBoxes, LungMasks, NamedBoxes
@@ -116,13 +116,6 @@ def structure_targets(anatomy: LungBoxes | LungMasks | NamedBoxes) -> dict[str, 
     if isinstance(anatomy, NamedBoxes):
         return {name: tuple(anatomy.regions[REGION_INDEX[region]]) for name, region in REGION_OF_STRUCTURE.items()}
     return {"right lung": anatomy.right_lung, "left lung": anatomy.left_lung, "heart": anatomy.heart}
-
-
-def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
-    """A grey float image resized to (size, size) with antialiasing, as the model's input is."""
-    resized = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F").resize(
-        (size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32)
 
 
 def resized_mask(path: Path, size: int) -> np.ndarray:
