@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.anatomy import validate_regions
+from model.anatomy import box_iou, validate_regions
 from model.anatomy_model import AnatomyModel
 from model.catalogue import REGION_INDEX, REGION_NAMES
 from model.errors import RegionError
@@ -23,18 +23,6 @@ from trainer.record_images import RecordImages
 SAMPLE_MANIFEST = SAMPLE_DIR / "manifest.csv"
 SAMPLE_OPTIONS = {"columns": {"patient_id": "patientid"}, "label_columns": ("finding",)}
 MIN_LUNG_IOU = 0.5
-
-
-def iou(first: np.ndarray, second: np.ndarray) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    width = min(first[2], second[2]) - max(first[0], second[0])
-    height = min(first[3], second[3]) - max(first[1], second[1])
-    inter = max(width, 0.0) * max(height, 0.0)
-    return inter / (box_area(first) + box_area(second) - inter)
-
-
-def box_area(box: np.ndarray) -> float:
-    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +46,7 @@ def test_model_regions_are_valid_and_overlap_the_expert_lung_boxes(predicted):
         assert boxes.shape == (len(REGION_NAMES), 4) and boxes.dtype == np.float32
         validate_regions(dict(zip(REGION_NAMES, boxes.tolist())), image.width, image.height)
         for name, expert_box in (("right lung", expert.anatomy.right_lung), ("left lung", expert.anatomy.left_lung)):
-            overlap = iou(boxes[REGION_INDEX[name]], np.array(expert_box))
+            overlap = box_iou(boxes[REGION_INDEX[name]], expert_box)
             assert overlap > MIN_LUNG_IOU, f"{record.case_id}: {name} IoU {overlap:.2f} with the expert box"
 
 
