@@ -130,7 +130,7 @@ class AnatomyModel:
                     found[name] = structure
         _check_lungs(found)
         heart = found.get("heart")
-        if heart is not None and heart.confidence < MIN_HEART_CONFIDENCE:
+        if heart is not None and (heart.confidence < MIN_HEART_CONFIDENCE or not _between_lungs(heart, found)):
             del found["heart"]  # the derivation's own heart rule is then used
         try:
             regions = derive_regions(found["right lung"].box, found["left lung"].box, width, height,
@@ -177,6 +177,13 @@ def _outline(part: np.ndarray, scale_x: float, scale_y: float) -> list[tuple[flo
     ys = [float(row) for row in rows]
     points = list(zip(left, ys)) + [(right[-1], ys[-1] + 1)] + list(zip(right[::-1], ys[::-1]))
     return [(round(x * scale_x, 1), round(y * scale_y, 1)) for x, y in points]
+
+
+def _between_lungs(heart: FoundStructure, found: dict[str, FoundStructure]) -> bool:
+    """Whether the heart's centre lies between the lungs' centres, as the derivation requires: a heart
+    found elsewhere is dropped, and the lungs alone place the cardiac silhouette."""
+    centres = [(box[0] + box[2]) / 2 for box in (found["right lung"].box, heart.box, found["left lung"].box)]
+    return centres[0] < centres[1] < centres[2]
 
 
 def _check_lungs(found: dict[str, FoundStructure]) -> None:

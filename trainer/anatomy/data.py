@@ -75,11 +75,11 @@ def read_records(spec: ManifestSpec, *, seed: int, split_fractions: Sequence[flo
     if unknown:
         raise ValueError(f"unknown column mapping(s) {', '.join(unknown)}; expected names among "
                          f"{', '.join(MANIFEST_COLUMNS)}")
+    if open_licences_only and "license" not in table.columns:
+        raise ValueError(f"{spec.path} has no 'license' column to choose openly licensed images by")
     dataset = read_manifest(spec.path, columns=columns, seed=seed, split_fractions=split_fractions)
     records = [record for record in dataset.records if isinstance(record.anatomy, (LungBoxes, LungMasks, NamedBoxes))]
     if open_licences_only:
-        if "license" not in table.columns:
-            raise ValueError(f"{spec.path} has no 'license' column to choose openly licensed images by")
         image_column = columns.get("image", "image")
         open_images = {(spec.path.parent / str(values[image_column])).resolve()
                        for _, values in table.rows if str(values.get("license") or "").strip() in OPEN_LICENCES}

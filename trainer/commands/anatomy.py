@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = actions.add_parser("evaluate", help="measure a model on images it was not trained on")
     _add_manifest_arguments(evaluate)
     evaluate.add_argument("--model", type=Path, help="ONNX file from `anatomy train` (default: the shipped model)")
+    evaluate.add_argument("--also-held-out-from", type=Path, action="append", default=[], metavar="MODEL",
+                          help="also leave out the images this other model was trained or validated on, to compare "
+                               "two models on the same images (repeatable)")
     evaluate.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.set_defaults(handler=run)
 
@@ -124,10 +127,11 @@ def _description(counts: dict[str, dict], open_licences_only: bool) -> str:
 
 def _evaluate(args: argparse.Namespace, specs: list[ManifestSpec]) -> int:
     model = AnatomyModel.load(args.model)
+    seen = model.training_images.union(*(AnatomyModel.load(other).training_images for other in args.also_held_out_from))
     reports = {}
     for spec in specs:
         name, records = read_records(spec, seed=args.split_seed, split_fractions=(0.7, 0.15, 0.15))
-        held_out = [record for record in records if sample_key(name, record) not in model.training_images]
+        held_out = [record for record in records if sample_key(name, record) not in seen]
         reports[name] = evaluate_anatomy(model, held_out)
     figures = {"model": str(model.path), "model_sha256": model.fingerprint,
                "trained_structures": list(model.trained_structures), "datasets": reports}
