@@ -36,7 +36,15 @@ from index_store.manifest import (
     parse_manifest,
     utc_timestamp,
 )
-from index_store.search import Exclusion, QueryHits, make_searcher, search_excluding
+from index_store.search import (
+    Exclusion,
+    QueryHits,
+    check_k,
+    check_queries,
+    make_searcher,
+    per_query,
+    search_excluding,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +169,9 @@ class Snapshot:
         `exclusions` is one Exclusion for every query or one per query. Returns k hits per query unless
         the gallery holds fewer eligible cases.
         """
-        batch = self._check_queries(queries)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise SnapshotInputError(f"k must be a positive integer, got {k!r}")
-        excluded = [self._excluded_rows(e) for e in self._per_query(exclusions, len(batch))]
+        batch = check_queries(queries, self.manifest.dimension)
+        check_k(k)
+        excluded = [self._excluded_rows(e) for e in per_query(exclusions, len(batch))]
         self._require_open()
         found = search_excluding(
             self._searcher, batch, min(k, self.manifest.count), excluded, self.manifest.count
@@ -215,28 +222,6 @@ class Snapshot:
         if row is None:
             raise SnapshotNotFoundError(f"case is not in snapshot {self.version}")
         return row
-
-    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
-        batch = np.asarray(queries)
-        if batch.ndim == 1:
-            batch = batch[None, :]
-        if batch.ndim != 2 or batch.shape[1] != self.manifest.dimension or batch.shape[0] == 0:
-            raise SnapshotInputError(
-                f"queries must have shape (Q, {self.manifest.dimension}) or ({self.manifest.dimension},), "
-                f"got {np.shape(queries)}"
-            )
-        if batch.dtype.kind != "f" or not np.isfinite(batch).all():
-            raise SnapshotInputError("queries must be finite floating-point vectors")
-        return np.ascontiguousarray(batch, dtype=np.float32)
-
-    def _per_query(self, exclusions: Exclusion | Sequence[Exclusion] | None, count: int) -> list[Exclusion]:
-        if exclusions is None:
-            return [Exclusion()] * count
-        if isinstance(exclusions, Exclusion):
-            return [exclusions] * count
-        if len(exclusions) != count:
-            raise SnapshotInputError(f"{len(exclusions)} exclusions given for {count} queries")
-        return list(exclusions)
 
     def _excluded_rows(self, exclusion: Exclusion) -> np.ndarray:
         if exclusion.group_keys and not self.has_group_keys:
