@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus import DataType, MilvusClient
 
 from index_store.errors import (
     SnapshotCorruptError,
@@ -184,9 +184,7 @@ class MilvusBackend:
         """Move the alias to `version`'s collection in one step (searches through the alias switch over;
         this service's searches hold their concrete collection)."""
         target = collection_name(version)
-        try:
-            self.client.describe_alias(self.config.alias)
-        except MilvusException:
+        if self.active_collection() is None:
             self.client.create_alias(target, self.config.alias)
         else:
             self.client.alter_alias(target, self.config.alias)
@@ -194,10 +192,9 @@ class MilvusBackend:
 
     def active_collection(self) -> str | None:
         """The collection the alias names now, or None before the first activation."""
-        try:
-            return self.client.describe_alias(self.config.alias)["collection_name"]
-        except MilvusException:
+        if self.config.alias not in self.client.list_aliases()["aliases"]:
             return None
+        return self.client.describe_alias(self.config.alias)["collection_name"]
 
     def close(self) -> None:
         self.client.close()
