@@ -1,9 +1,11 @@
-"""`chextriev index build|publish|list|clean`: snapshots of gallery embeddings in an index store.
+"""`chextriev index build|publish|list|clean`: snapshots of gallery embeddings in an index back end.
 
 `build` reads the gallery embeddings file the offline trainer writes (format: index_store.gallery)
-and either publishes the snapshot straight into a store (`--store`) or writes it into a new staging
-directory (`--out`) that `publish` later verifies and publishes atomically. `clean` removes the
-staging directories that killed publishers left inside a store (every publish does so too).
+and either publishes the snapshot straight into the configured back end (CHEXTRIEV_INDEX_BACKEND or
+`--backend`: the local store `--store`, default CHEXTRIEV_INDEX_STORE, or Milvus at CHEXTRIEV_MILVUS_URI)
+or writes it into a new staging directory (`--out`) that `publish` later verifies and publishes
+atomically into a local store. `list` lists the back end's versions. `clean` removes the staging
+directories that killed publishers left inside a local store (every publish does so too).
 """
 
 from __future__ import annotations
@@ -13,16 +15,13 @@ import json
 import sys
 from pathlib import Path
 
+from index_store.backend import IndexBackend
 from index_store.errors import SnapshotError
 from index_store.faiss_index import EXACT_FACTORY
 from index_store.gallery import read_gallery_npz, resolve_fingerprint
-from index_store.store import (
-    build_snapshot,
-    list_snapshots,
-    publish_directory,
-    publish_gallery,
-    remove_abandoned_staging,
-)
+from index_store.store import build_snapshot, publish_directory, remove_abandoned_staging
+from service.index_backend import make_backend
+from service.settings import read_settings
 
 _LIST_COLUMNS = ("version", "created", "count", "dimension", "factory", "model_fingerprint")
 
@@ -34,15 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     build = actions.add_parser("build", help="build a snapshot from a gallery embeddings .npz")
     build.add_argument("--embeddings", type=Path, required=True, help="gallery embeddings .npz")
-    target = build.add_mutually_exclusive_group(required=True)
-    target.add_argument("--store", type=Path, help="publish the snapshot atomically into this index store")
-    target.add_argument("--out", type=Path, help="write the snapshot into this new staging directory")
+    _add_backend_arguments(build, "publish the snapshot atomically into this local index store "
+                                  "(Milvus: the directory of the occlusion sidecars)")
+    build.add_argument("--out", type=Path, help="instead, write a local snapshot into this new staging directory")
     build.add_argument("--version", help="snapshot version (default: the UTC build time)")
     build.add_argument(
-        "--factory", default=EXACT_FACTORY, help='FAISS factory string (default "Flat": exact)'
+        "--factory", help='FAISS factory string (default "Flat": exact); Milvus: FLAT (default), HNSW or IVF_FLAT'
     )
     build.add_argument(
-        "--search-params", help='FAISS search parameters, e.g. "nprobe=32" (default per index type)'
+        "--search-params", help='search parameters, e.g. "nprobe=32" (FAISS, Milvus IVF_FLAT) or "ef=128" '
+                                "(Milvus HNSW); default per index type"
     )
     build.add_argument("--model-fingerprint", help="model fingerprint (default: the one in the .npz)")
     build.set_defaults(handler=_build)
@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                               "(e.g. a published one again, to rehearse activations)")
     publish.set_defaults(handler=_publish)
 
-    listing = actions.add_parser("list", help="list the snapshots of a store, oldest first")
-    listing.add_argument("--store", type=Path, required=True, help="index store directory")
+    listing = actions.add_parser("list", help="list the snapshots of the index back end, oldest first")
+    _add_backend_arguments(listing, "local index store directory")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=_list)
 
@@ -64,19 +64,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clean.set_defaults(handler=_clean)
 
 
+def _add_backend_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:
+    parser.add_argument("--backend", choices=("local", "milvus"),
+                        help="index back end (default: CHEXTRIEV_INDEX_BACKEND, else local)")
+    parser.add_argument("--store", type=Path, help=f"{store_help} (default: CHEXTRIEV_INDEX_STORE)")
+
+
+def _backend(args: argparse.Namespace) -> IndexBackend:
+    """The back end of the settings, with `--backend` and `--store` given on the command line instead."""
+    given = {"index_backend": args.backend, "index_store": None if args.store is None else str(args.store)}
+    settings = read_settings()
+    return make_backend(settings.model_copy(update={k: v for k, v in given.items() if v is not None}))
+
+
 def _build(args: argparse.Namespace) -> int:
+    if args.out is not None and (args.store is not None or args.backend == "milvus"):
+        print("error: --out writes a local staging directory; it goes without --store and --backend milvus",
+              file=sys.stderr)
+        return 2
     try:
         gallery, file_fingerprint = read_gallery_npz(args.embeddings)
         options = {
             "model_fingerprint": resolve_fingerprint(args.model_fingerprint, file_fingerprint),
-            "factory": args.factory,
             "search_parameters": args.search_params,
             "version": args.version,
         }
-        if args.store is not None:
-            manifest = publish_gallery(args.store, gallery, **options)
+        if args.out is None:
+            manifest = _backend(args).publish_gallery(gallery, factory=args.factory, **options)
         else:
-            manifest = build_snapshot(args.out, gallery, **options)
+            manifest = build_snapshot(args.out, gallery, factory=args.factory or EXACT_FACTORY, **options)
     except SnapshotError as exc:
         return _fail(exc)
     print(json.dumps(manifest.summary()))
@@ -94,7 +110,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
-        entries = list_snapshots(args.store)
+        entries = _backend(args).list_snapshots()
     except SnapshotError as exc:
         return _fail(exc)
     rows = [entry.summary() for entry in entries]
