@@ -1,6 +1,7 @@
 """`chextriev bench`: gallery search speed (`search`), the index back ends compared (`backends`), peak
 memory of a search at the limits (`peak-memory`), embedding speed of the fast CPU runtime against eager
-PyTorch (`embed`); and the benchmarks other packages register in the entry-point group `chextriev.benches` (the trainer's `train`)."""
+PyTorch (`embed`); and the benchmarks other packages register in the entry-point group `chextriev.benches`
+(the trainer's `train`)."""
 
 from __future__ import annotations
 
