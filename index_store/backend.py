@@ -70,3 +70,7 @@ class IndexBackend(Protocol):
     def mark_active(self, version: str) -> None:
         """Point the back end's own active marker (Milvus: the alias) at `version`, atomically."""
         ...
+
+    def close(self) -> None:
+        """Release the connection (once no snapshot of this back end serves any more)."""
+        ...

@@ -17,6 +17,7 @@ import os
 import platform
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
@@ -86,17 +87,17 @@ def run_backend_benchmark(config: BackendBenchConfig) -> dict[str, Any]:
         gallery = GalleryData(vectors, tuple(f"case-{i}" for i in range(size)),
                               tuple(f"patient-{i // 4}" for i in range(size)))
         exact = exact_neighbours(vectors, queries, config.k)
-        with tempfile.TemporaryDirectory(prefix="chextriev-bench-", dir=config.work_dir) as work:
+        with tempfile.TemporaryDirectory(prefix="chextriev-bench-", dir=config.work_dir) as work, closing(
+                MilvusBackend(MilvusConfig(uri=config.milvus_uri or str(Path(work) / "milvus.db"),
+                                           sidecar_root=Path(work) / "sidecars", token=config.milvus_token))
+        ) as milvus:
             cases = [(LocalBackend(Path(work) / "store"), EXACT_FACTORY)]
-            milvus = MilvusBackend(MilvusConfig(uri=config.milvus_uri or str(Path(work) / "milvus.db"),
-                                                sidecar_root=Path(work) / "sidecars", token=config.milvus_token))
             cases += [(milvus, kind) for kind in config.milvus_indexes]
             for backend, factory in cases:
                 log.info("benchmarking", extra={"size": size, "backend": backend.name, "factory": factory})
                 report["results"].append(_bench_case(config, backend, factory, gallery, queries, exact))
                 write_atomically(config.out, json.dumps(report, indent=2).encode("utf-8"))
                 log.info("benchmark case done", extra=report["results"][-1])
-            milvus.close()
         del vectors, gallery
         gc.collect()
     return report

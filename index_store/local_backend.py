@@ -50,3 +50,6 @@ class LocalBackend:
 
     def mark_active(self, version: str) -> None:
         """Nothing to move: the store has no active marker; the service database records the choice."""
+
+    def close(self) -> None:
+        """Nothing to release: each snapshot frees its own files."""

@@ -197,7 +197,13 @@ class MilvusBackend:
         return self.client.describe_alias(self.config.alias)["collection_name"]
 
     def close(self) -> None:
+        """Close the client; with milvus-lite (a `.db` file) also stop its embedded server, which otherwise
+        runs until the process exits (one back end per file and process, as the service and the CLI have)."""
         self.client.close()
+        if self.config.uri.endswith(".db"):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.config.uri)
 
     def _manifest(self, collection: str) -> Manifest:
         properties = self.client.describe_collection(collection).get("properties", {})

@@ -115,13 +115,15 @@ class ServiceState:
             self.load_problem = None
 
     def close(self) -> None:
-        """Stop the micro-batcher and the occlusion warmer, release the index and the database connections."""
+        """Stop the micro-batcher and the occlusion warmer, release the index, its back end and the database
+        connections."""
         if self.batcher is not None:
             self.batcher.close()
         if self.occlusions is not None:
             self.occlusions.close()
         if self.index is not None:
             self.index.close()
+            self.index.backend.close()
         self.engine.dispose()
 
     def _activate_startup_version(self) -> None:

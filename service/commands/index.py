@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from index_store.backend import IndexBackend
@@ -90,7 +91,8 @@ def _build(args: argparse.Namespace) -> int:
             "version": args.version,
         }
         if args.out is None:
-            manifest = _backend(args).publish_gallery(gallery, factory=args.factory, **options)
+            with closing(_backend(args)) as backend:
+                manifest = backend.publish_gallery(gallery, factory=args.factory, **options)
         else:
             manifest = build_snapshot(args.out, gallery, factory=args.factory or EXACT_FACTORY, **options)
     except SnapshotError as exc:
@@ -110,7 +112,8 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
-        entries = _backend(args).list_snapshots()
+        with closing(_backend(args)) as backend:
+            entries = backend.list_snapshots()
     except SnapshotError as exc:
         return _fail(exc)
     rows = [entry.summary() for entry in entries]
