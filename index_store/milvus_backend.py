@@ -58,15 +58,14 @@ from index_store.milvus_layout import (
     default_search_parameters,
     index_type,
 )
-from index_store.milvus_snapshot import MilvusSnapshot, open_collection
-from index_store.snapshot import CANARY_COUNT
+from index_store.milvus_snapshot import MilvusSnapshot, milvus_errors, open_collection
+from index_store.snapshot import CANARY_COUNT, canary_candidates
 from index_store.store import StoreEntry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "chextriev_active"
 _INSERT_ROWS = 2048
-_CANARY_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,10 @@ class MilvusBackend:
     def __init__(self, config: MilvusConfig):
         self.config = config
         self.where = f"Milvus at {config.uri}"
-        self.client = MilvusClient(uri=config.uri, token=config.token)
+        if _is_lite(config.uri):
+            Path(config.uri).parent.mkdir(parents=True, exist_ok=True)
+        with milvus_errors(f"connecting to {config.uri}"):
+            self.client = MilvusClient(uri=config.uri, token=config.token)
 
     def publish_gallery(
         self,
@@ -108,6 +110,97 @@ class MilvusBackend:
         now = datetime.now(UTC)
         version = check_version_name(version if version is not None else new_version_name(now))
         kind = index_type(factory or "FLAT")
+        with milvus_errors(f"publishing snapshot {version}"):
+            manifest = self._publish(gallery, model_fingerprint, kind, search_parameters, version, now)
+        log.info("snapshot published", extra={"version": version, "collection": collection_name(version),
+                                               "factory": manifest.factory})
+        return manifest
+
+    def list_snapshots(self) -> list[StoreEntry]:
+        """Every published version with its manifest, oldest first; unreadable ones last, with their problem."""
+        readable: list[StoreEntry] = []
+        broken: list[StoreEntry] = []
+        with milvus_errors("listing the collections"):
+            collections = sorted(self.client.list_collections())
+        for collection in collections:
+            if not collection.startswith(COLLECTION_PREFIX):
+                continue
+            try:
+                with milvus_errors(f"reading the manifest of {collection}"):
+                    manifest = self._manifest(collection)
+                readable.append(StoreEntry(manifest.version, manifest))
+            except SnapshotError as exc:
+                broken.append(StoreEntry(collection, None, str(exc)))
+        readable.sort(key=lambda entry: (entry.manifest.created, entry.version))
+        return readable + broken
+
+    def open_version(
+        self,
+        version: str,
+        *,
+        expected_fingerprint: str | None = None,
+        expected_dimension: int | None = None,
+        device: str = "cpu",
+    ) -> MilvusSnapshot:
+        """Open, fully verified (manifest, fingerprint, dimension, count, every digest, canary), `version`'s
+        collection; `device` is Milvus's affair and ignored."""
+        collection = collection_name(check_version_name(version))
+        with milvus_errors(f"opening snapshot {version}"):
+            snapshot = self._open(version, collection, expected_fingerprint, expected_dimension)
+        log.info("snapshot opened", extra={"version": version, "count": snapshot.manifest.count,
+                                           "collection": collection})
+        return snapshot
+
+    def _open(self, version: str, collection: str, expected_fingerprint: str | None,
+              expected_dimension: int | None) -> MilvusSnapshot:
+        if not self.client.has_collection(collection):
+            raise SnapshotNotFoundError(f"no snapshot version {version!r} in Milvus", Path(collection))
+        manifest = self._manifest(collection)
+        where = Path(collection) / MANIFEST_FILE
+        if manifest.version != version:
+            raise SnapshotCorruptError(f"collection {collection} records version {manifest.version!r}, not "
+                                       f"{version!r}", where)
+        if expected_fingerprint is not None and manifest.model_fingerprint != expected_fingerprint:
+            raise SnapshotIncompatibleError(
+                f"snapshot {version}: model fingerprint {manifest.model_fingerprint!r} is not the expected "
+                f"{expected_fingerprint!r}", where)
+        if expected_dimension is not None and manifest.dimension != expected_dimension:
+            raise SnapshotIncompatibleError(
+                f"snapshot {version}: dimension {manifest.dimension} is not the expected {expected_dimension}", where)
+        self._check_schema(collection, manifest)
+        return open_collection(self.client, collection, manifest, self._sidecar_root() / version)
+
+    def mark_active(self, version: str) -> None:
+        """Move the alias to `version`'s collection in one step (searches through the alias switch over;
+        this service's searches hold their concrete collection)."""
+        target = collection_name(version)
+        exists = self.active_collection() is not None
+        with milvus_errors(f"moving the alias {self.config.alias} to {target}"):
+            if exists:
+                self.client.alter_alias(target, self.config.alias)
+            else:
+                self.client.create_alias(target, self.config.alias)
+        log.info("alias moved", extra={"alias": self.config.alias, "version": version, "collection": target})
+
+    def active_collection(self) -> str | None:
+        """The collection the alias names now, or None before the first activation."""
+        with milvus_errors(f"reading the alias {self.config.alias}"):
+            if self.config.alias not in self.client.list_aliases()["aliases"]:
+                return None
+            return self.client.describe_alias(self.config.alias)["collection_name"]
+
+    def close(self) -> None:
+        """Close the client; with milvus-lite (a `.db` file) also stop its embedded server, which otherwise
+        runs until the process exits (one back end per file and process, as the service and the CLI have)."""
+        self.client.close()
+        if _is_lite(self.config.uri):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.config.uri)
+
+    def _publish(self, gallery: GalleryData, model_fingerprint: str, kind: str, search_parameters: str | None,
+                 version: str, now: datetime) -> Manifest:
+        """Staging collection and sidecar, filled, canary rows chosen, manifest written last, renamed."""
         target = collection_name(version)
         self._refuse_existing(version, target)
         staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
@@ -132,78 +225,7 @@ class MilvusBackend:
             if self.client.has_collection(staging):
                 self.client.drop_collection(staging)
             raise
-        log.info("snapshot published", extra={"version": version, "collection": target, "factory": manifest.factory})
         return manifest
-
-    def list_snapshots(self) -> list[StoreEntry]:
-        """Every published version with its manifest, oldest first; unreadable ones last, with their problem."""
-        readable: list[StoreEntry] = []
-        broken: list[StoreEntry] = []
-        for collection in sorted(self.client.list_collections()):
-            if not collection.startswith(COLLECTION_PREFIX):
-                continue
-            try:
-                manifest = self._manifest(collection)
-                readable.append(StoreEntry(manifest.version, manifest))
-            except SnapshotError as exc:
-                broken.append(StoreEntry(collection, None, str(exc)))
-        readable.sort(key=lambda entry: (entry.manifest.created, entry.version))
-        return readable + broken
-
-    def open_version(
-        self,
-        version: str,
-        *,
-        expected_fingerprint: str | None = None,
-        expected_dimension: int | None = None,
-        device: str = "cpu",
-    ) -> MilvusSnapshot:
-        """Open, fully verified (manifest, fingerprint, dimension, count, every digest, canary), `version`'s
-        collection; `device` is Milvus's affair and ignored."""
-        collection = collection_name(check_version_name(version))
-        if not self.client.has_collection(collection):
-            raise SnapshotNotFoundError(f"no snapshot version {version!r} in Milvus", Path(collection))
-        manifest = self._manifest(collection)
-        where = Path(collection) / MANIFEST_FILE
-        if manifest.version != version:
-            raise SnapshotCorruptError(f"collection {collection} records version {manifest.version!r}, not "
-                                       f"{version!r}", where)
-        if expected_fingerprint is not None and manifest.model_fingerprint != expected_fingerprint:
-            raise SnapshotIncompatibleError(
-                f"snapshot {version}: model fingerprint {manifest.model_fingerprint!r} is not the expected "
-                f"{expected_fingerprint!r}", where)
-        if expected_dimension is not None and manifest.dimension != expected_dimension:
-            raise SnapshotIncompatibleError(
-                f"snapshot {version}: dimension {manifest.dimension} is not the expected {expected_dimension}", where)
-        self._check_schema(collection, manifest)
-        snapshot = open_collection(self.client, collection, manifest, self._sidecar_root() / version)
-        log.info("snapshot opened", extra={"version": version, "count": manifest.count, "collection": collection})
-        return snapshot
-
-    def mark_active(self, version: str) -> None:
-        """Move the alias to `version`'s collection in one step (searches through the alias switch over;
-        this service's searches hold their concrete collection)."""
-        target = collection_name(version)
-        if self.active_collection() is None:
-            self.client.create_alias(target, self.config.alias)
-        else:
-            self.client.alter_alias(target, self.config.alias)
-        log.info("alias moved", extra={"alias": self.config.alias, "version": version, "collection": target})
-
-    def active_collection(self) -> str | None:
-        """The collection the alias names now, or None before the first activation."""
-        if self.config.alias not in self.client.list_aliases()["aliases"]:
-            return None
-        return self.client.describe_alias(self.config.alias)["collection_name"]
-
-    def close(self) -> None:
-        """Close the client; with milvus-lite (a `.db` file) also stop its embedded server, which otherwise
-        runs until the process exits (one back end per file and process, as the service and the CLI have)."""
-        self.client.close()
-        if self.config.uri.endswith(".db"):
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(self.config.uri)
 
     def _manifest(self, collection: str) -> Manifest:
         properties = self.client.describe_collection(collection).get("properties", {})
@@ -260,7 +282,7 @@ class MilvusBackend:
     def _canary_rows(self, collection: str, gallery: GalleryData, kind: str) -> tuple[int, ...]:
         """Up to CANARY_COUNT evenly spread rows whose own vector finds them first in this collection."""
         embeddings = gallery.embeddings
-        candidates = np.unique(np.linspace(0, len(embeddings) - 1, _CANARY_CANDIDATES).astype(np.int64))
+        candidates = canary_candidates(len(embeddings))
         found = self.client.search(collection, data=embeddings[candidates].tolist(), limit=1, output_fields=[ROW],
                                    anns_field=VECTOR, search_params={"metric_type": "IP"})
         rows = tuple(int(row) for row, hits in zip(candidates, found, strict=True)
@@ -282,6 +304,11 @@ class MilvusBackend:
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
             raise
+
+
+def _is_lite(uri: str) -> bool:
+    """True for a milvus-lite file (pymilvus's rule: a URI ending in `.db`)."""
+    return uri.endswith(".db")
 
 
 def _check_strings(gallery: GalleryData) -> None:

@@ -7,13 +7,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pymilvus import MilvusClient
+from pymilvus import MilvusClient, MilvusException
 
-from index_store.errors import SnapshotCorruptError, SnapshotError, SnapshotInputError, SnapshotNotFoundError
+from index_store.errors import (
+    IndexUnavailableError,
+    SnapshotCorruptError,
+    SnapshotError,
+    SnapshotInputError,
+    SnapshotNotFoundError,
+)
 from index_store.files import NpyRows, verify_digest
 from index_store.manifest import GROUP_KEYS_FILE, OCCLUSION_FILE, Manifest
 from index_store.milvus_layout import (
@@ -32,6 +39,15 @@ from index_store.search import Exclusion, QueryHits, check_k, check_queries, per
 log = logging.getLogger(__name__)
 
 _READ_ROWS = 4096  # rows per query while verifying: 16 MiB of vectors at D = 1024
+
+
+@contextmanager
+def milvus_errors(doing: str) -> Iterator[None]:
+    """Raise a Milvus client error as IndexUnavailableError, saying what was being done."""
+    try:
+        yield
+    except MilvusException as exc:
+        raise IndexUnavailableError(f"Milvus failed while {doing}: {exc}") from exc
 
 
 class MilvusSnapshot:
@@ -76,11 +92,12 @@ class MilvusSnapshot:
         hits: list[QueryHits | None] = [None] * len(batch)
         for exclusion, positions in alike.items():
             self._require_open()
-            found = self._client.search(
-                self.collection, data=batch[positions].tolist(), limit=limit, filter=exclusion_filter(exclusion),
-                output_fields=[CASE_ID], anns_field=VECTOR,
-                search_params={"metric_type": "IP",
-                               "params": search_parameters(self.manifest.search_parameters, limit)})
+            with milvus_errors(f"searching snapshot {self.version}"):
+                found = self._client.search(
+                    self.collection, data=batch[positions].tolist(), limit=limit,
+                    filter=exclusion_filter(exclusion), output_fields=[CASE_ID], anns_field=VECTOR,
+                    search_params={"metric_type": "IP",
+                                   "params": search_parameters(self.manifest.search_parameters, limit)})
             for position, rows in zip(positions, found, strict=True):
                 hits[position] = QueryHits(
                     index_version=self.version,
@@ -92,7 +109,8 @@ class MilvusSnapshot:
     def embedding(self, case_id: str) -> np.ndarray:
         """The stored vector (D,) of `case_id`."""
         self._require_open()
-        rows = self._client.query(self.collection, filter=id_filter(case_id), output_fields=[VECTOR], limit=1)
+        with milvus_errors(f"reading a case of snapshot {self.version}"):
+            rows = self._client.query(self.collection, filter=id_filter(case_id), output_fields=[VECTOR], limit=1)
         if not rows:
             raise SnapshotNotFoundError(f"case is not in snapshot {self.version}")
         return np.asarray(rows[0][VECTOR], dtype=np.float32)
@@ -116,7 +134,8 @@ class MilvusSnapshot:
 
     def _row(self, case_id: str) -> int:
         self._require_open()
-        rows = self._client.query(self.collection, filter=id_filter(case_id), output_fields=[ROW], limit=1)
+        with milvus_errors(f"reading a case of snapshot {self.version}"):
+            rows = self._client.query(self.collection, filter=id_filter(case_id), output_fields=[ROW], limit=1)
         if not rows:
             raise SnapshotNotFoundError(f"case is not in snapshot {self.version}")
         return int(rows[0][ROW])

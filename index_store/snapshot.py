@@ -109,9 +109,15 @@ def _write_npy(path: Path, array: np.ndarray) -> FileDigest:
     return write_new_file(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
+def canary_candidates(count: int) -> np.ndarray:
+    """The rows tried as canaries: up to 64 evenly spread over `count` rows (the first CANARY_COUNT
+    that find themselves first are kept)."""
+    return np.unique(np.linspace(0, count - 1, _CANARY_CANDIDATES).astype(np.int64))
+
+
 def _choose_canary_rows(index: faiss.Index, embeddings: np.ndarray, factory: str) -> tuple[int, ...]:
     """Up to CANARY_COUNT evenly spread rows whose own vector finds them first in this index."""
-    candidates = np.unique(np.linspace(0, len(embeddings) - 1, _CANARY_CANDIDATES).astype(np.int64))
+    candidates = canary_candidates(len(embeddings))
     _, found = index.search(embeddings[candidates], 1)
     rows = tuple(int(r) for r in candidates[found[:, 0] == candidates][:CANARY_COUNT])
     if not rows:

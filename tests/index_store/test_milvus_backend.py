@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from milvus_lite.server_manager import server_manager_instance
 
 from index_store.active import ActiveIndex
 from index_store.errors import (
+    IndexUnavailableError,
     SnapshotCorruptError,
     SnapshotExistsError,
     SnapshotIncompatibleError,
@@ -195,3 +197,12 @@ def test_versions_are_published_once_listed_oldest_first_and_kept_apart(
     assert not snapshot.has_occlusions and not snapshot.has_group_keys
     assert snapshot.manifest.factory == "milvus:FLAT" and snapshot.manifest.count == 50
     assert not any(name.startswith("chextriev_staging_") for name in published.client.list_collections())
+
+
+def test_an_unreachable_milvus_is_an_index_unavailable_error(published: MilvusBackend, tmp_path: Path) -> None:
+    with pytest.raises(IndexUnavailableError, match="connecting"):
+        MilvusBackend(MilvusConfig(uri="http://127.0.0.1:1", sidecar_root=tmp_path / "elsewhere"))
+    snapshot = published.open_version("v1")
+    server_manager_instance.release_server(published.config.uri)  # the embedded server stops
+    with pytest.raises(IndexUnavailableError, match="searching snapshot v1"):
+        snapshot.search(_queries(1), 5)

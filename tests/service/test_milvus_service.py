@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from milvus_lite.server_manager import server_manager_instance
 
 from index_store.milvus_backend import MilvusBackend, MilvusConfig
 from index_store.milvus_layout import collection_name
@@ -93,3 +94,10 @@ def test_an_incompatible_snapshot_is_refused_and_the_active_one_stays(client, se
     assert refused.status_code == 409, refused.text
     assert _alias_target(client) == collection_name(PLAIN_VERSION)
     assert _query(client, service_setup)["index_version"] == PLAIN_VERSION
+
+
+def test_a_milvus_that_stops_answering_is_a_503(client, service_setup):  # last: it stops this module's Milvus
+    server_manager_instance.release_server(client.app.state.service.index.backend.config.uri)
+    pixels, boxes = service_setup.inputs[QUERY_CASE]
+    response = search(client, png_bytes(pixels), regions_json(boxes))
+    assert response.status_code == 503 and response.json()["type"].endswith("index-unavailable"), response.text
