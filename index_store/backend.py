@@ -5,6 +5,7 @@ point the back end's own active marker at one. Two implementations: the local sn
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -55,6 +56,11 @@ class IndexBackend(Protocol):
         search_parameters: str | None = None,
         version: str | None = None,
     ) -> Manifest: ...
+
+    def publish_directory(self, source: Path, *, version: str | None = None) -> Manifest:
+        """Publish the verified local snapshot directory `source` (e.g. built with `index build --out`),
+        under its own version or `version`."""
+        ...
 
     def list_snapshots(self) -> list[StoreEntry]: ...
 

@@ -8,7 +8,7 @@ from index_store.faiss_index import EXACT_FACTORY
 from index_store.gallery import GalleryData
 from index_store.manifest import Manifest
 from index_store.snapshot import Snapshot
-from index_store.store import StoreEntry, list_snapshots, open_version, publish_gallery
+from index_store.store import StoreEntry, list_snapshots, open_version, publish_directory, publish_gallery
 
 
 class LocalBackend:
@@ -33,6 +33,10 @@ class LocalBackend:
         return publish_gallery(self.store, gallery, model_fingerprint=model_fingerprint,
                                factory=factory or EXACT_FACTORY, search_parameters=search_parameters,
                                version=version)
+
+    def publish_directory(self, source: Path, *, version: str | None = None) -> Manifest:
+        """Copy the verified snapshot into the store, its files unchanged (index_store.store.publish_directory)."""
+        return publish_directory(source, self.store, version=version)
 
     def list_snapshots(self) -> list[StoreEntry]:
         return list_snapshots(self.store)

@@ -59,7 +59,7 @@ from index_store.milvus_layout import (
     index_type,
 )
 from index_store.milvus_snapshot import MilvusSnapshot, milvus_errors, open_collection
-from index_store.snapshot import CANARY_COUNT, canary_candidates
+from index_store.snapshot import CANARY_COUNT, canary_candidates, read_gallery
 from index_store.store import StoreEntry
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,13 @@ class MilvusBackend:
         log.info("snapshot published", extra={"version": version, "collection": collection_name(version),
                                                "factory": manifest.factory})
         return manifest
+
+    def publish_directory(self, source: Path, *, version: str | None = None) -> Manifest:
+        """Publish the gallery of the verified exact local snapshot `source` as an exact (FLAT) collection,
+        under its version or `version`, with the same model fingerprint."""
+        gallery, manifest = read_gallery(source)
+        return self.publish_gallery(gallery, model_fingerprint=manifest.model_fingerprint,
+                                    version=version or manifest.version)
 
     def list_snapshots(self) -> list[StoreEntry]:
         """Every published version with its manifest, oldest first; unreadable ones last, with their problem."""

@@ -272,6 +272,29 @@ def open_snapshot(
     return snapshot
 
 
+def read_gallery(directory: Path) -> tuple[GalleryData, Manifest]:
+    """The gallery of the snapshot in `directory`, verified and canary-checked as `open_snapshot` does, to
+    publish it into another back end. Only an exact (Flat) snapshot holds the gallery's vectors unchanged;
+    its occlusion embeddings are memory-mapped, not read."""
+    snapshot = open_snapshot(directory)
+    try:
+        if not faiss_index.is_exact(snapshot._index):
+            raise SnapshotInputError(
+                f"snapshot {snapshot.version} uses the approximate index {snapshot.manifest.factory!r}: only an "
+                "exact (Flat) snapshot holds the gallery's vectors to publish elsewhere")
+        embeddings = np.array(faiss_index.flat_vectors(snapshot._index))  # a copy: the index is freed below
+        manifest = snapshot.manifest
+        group_keys = None
+        if snapshot.has_group_keys:
+            group_keys = _read_strings(directory / GROUP_KEYS_FILE, manifest.count)
+        occlusion = None
+        if manifest.occlusion_regions is not None:
+            occlusion = np.load(directory / OCCLUSION_FILE, mmap_mode="r", allow_pickle=False)
+    finally:
+        snapshot.close()
+    return GalleryData(embeddings, snapshot.case_ids, group_keys, occlusion), manifest
+
+
 def _read_verified_manifest(directory: Path, version: str | None, fingerprint: str | None) -> Manifest:
     """The manifest, checked against the caller's expectations, after every file matched its checksum."""
     if not directory.is_dir():

@@ -4,7 +4,7 @@
 and either publishes the snapshot straight into the configured back end (CHEXTRIEV_INDEX_BACKEND or
 `--backend`: the local store `--store`, default CHEXTRIEV_INDEX_STORE, or Milvus at CHEXTRIEV_MILVUS_URI)
 or writes it into a new staging directory (`--out`) that `publish` later verifies and publishes
-atomically into a local store. `list` lists the back end's versions. `clean` removes the staging
+atomically into the back end. `list` lists the back end's versions. `clean` removes the staging
 directories that killed publishers left inside a local store (every publish does so too).
 """
 
@@ -20,7 +20,7 @@ from index_store.backend import IndexBackend
 from index_store.errors import SnapshotError
 from index_store.faiss_index import EXACT_FACTORY
 from index_store.gallery import read_gallery_npz, resolve_fingerprint
-from index_store.store import build_snapshot, publish_directory, remove_abandoned_staging
+from index_store.store import build_snapshot, remove_abandoned_staging
 from service.index_backend import make_backend
 from service.settings import read_settings
 
@@ -48,9 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--model-fingerprint", help="model fingerprint (default: the one in the .npz)")
     build.set_defaults(handler=_build)
 
-    publish = actions.add_parser("publish", help="verify a staged snapshot and publish it into a store")
+    publish = actions.add_parser("publish", help="verify a staged snapshot and publish it into the index back end")
     publish.add_argument("--snapshot", type=Path, required=True, help="snapshot directory built with --out")
-    publish.add_argument("--store", type=Path, required=True, help="index store directory")
+    _add_backend_arguments(publish, "local index store directory (Milvus: the directory of the occlusion "
+                                    "sidecars); Milvus takes an exact (Flat) snapshot, published as FLAT")
     publish.add_argument("--as-version", help="publish a copy under this version instead of the snapshot's own "
                                               "(e.g. a published one again, to rehearse activations)")
     publish.set_defaults(handler=_publish)
@@ -103,7 +104,8 @@ def _build(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     try:
-        manifest = publish_directory(args.snapshot, args.store, version=args.as_version)
+        with closing(_backend(args)) as backend:
+            manifest = backend.publish_directory(args.snapshot, version=args.as_version)
     except SnapshotError as exc:
         return _fail(exc)
     print(json.dumps(manifest.summary()))

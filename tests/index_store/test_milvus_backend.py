@@ -206,3 +206,14 @@ def test_an_unreachable_milvus_is_an_index_unavailable_error(published: MilvusBa
     server_manager_instance.release_server(published.config.uri)  # the embedded server stops
     with pytest.raises(IndexUnavailableError, match="searching snapshot v1"):
         snapshot.search(_queries(1), 5)
+
+
+def test_a_local_snapshot_is_published_into_milvus_with_its_keys_and_occlusions(
+        milvus: MilvusBackend, store: Path, gallery: GalleryData) -> None:
+    manifest = milvus.publish_directory(store / "v1", version="copied")
+    assert (manifest.version, manifest.model_fingerprint, manifest.factory) == ("copied", FINGERPRINT, "milvus:FLAT")
+    snapshot = milvus.open_version("copied")
+    assert snapshot.has_group_keys and snapshot.has_occlusions
+    np.testing.assert_array_equal(snapshot.occlusion_embeddings("case-11"), gallery.occlusion_embeddings[11])
+    queries = _queries(8)
+    assert _recall(snapshot.search(queries, 10), LocalBackend(store).open_version("v1").search(queries, 10)) == 1.0

@@ -134,6 +134,15 @@ def test_build_and_list_against_the_configured_milvus(tmp_path: Path, embeddings
     assert "already published" in capsys.readouterr().err
     assert main(build + ["--backend", "milvus", "--out", str(tmp_path / "staged")]) == 2
 
+    staged = ["index", "build", "--embeddings", str(embeddings_file), "--out"]
+    assert main(staged + [str(tmp_path / "exact")]) == 0  # a local staging directory, whatever the back end
+    assert main(["index", "publish", "--snapshot", str(tmp_path / "exact"), "--as-version", "v2"]) == 0
+    published = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (published["version"], published["factory"], published["count"]) == ("v2", "milvus:FLAT", 300)
+    assert main(staged + [str(tmp_path / "ivf"), "--factory", "IVF4,Flat"]) == 0
+    assert main(["index", "publish", "--snapshot", str(tmp_path / "ivf")]) == 1
+    assert "only an exact (Flat) snapshot" in capsys.readouterr().err
+
 
 def test_bench_backends_compares_the_same_queries_on_both(tmp_path: Path) -> None:
     out = tmp_path / "backends.json"
