@@ -64,6 +64,10 @@ class IndexBackend(Protocol):
 
     def list_snapshots(self) -> list[StoreEntry]: ...
 
+    def remove_abandoned_staging(self) -> list[str]:
+        """Remove what publishers that died left behind; returns what was removed."""
+        ...
+
     def open_version(
         self,
         version: str,

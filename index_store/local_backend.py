@@ -8,7 +8,14 @@ from index_store.faiss_index import EXACT_FACTORY
 from index_store.gallery import GalleryData
 from index_store.manifest import Manifest
 from index_store.snapshot import Snapshot
-from index_store.store import StoreEntry, list_snapshots, open_version, publish_directory, publish_gallery
+from index_store.store import (
+    StoreEntry,
+    list_snapshots,
+    open_version,
+    publish_directory,
+    publish_gallery,
+    remove_abandoned_staging,
+)
 
 
 class LocalBackend:
@@ -40,6 +47,10 @@ class LocalBackend:
 
     def list_snapshots(self) -> list[StoreEntry]:
         return list_snapshots(self.store)
+
+    def remove_abandoned_staging(self) -> list[str]:
+        """The staging directories of dead publishers (their lock is free)."""
+        return [str(path) for path in remove_abandoned_staging(self.store)]
 
     def open_version(
         self,

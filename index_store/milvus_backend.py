@@ -10,10 +10,8 @@ renames both to the version's names: a version is either complete or absent.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
-import uuid
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +27,7 @@ from index_store.errors import (
     SnapshotInputError,
     SnapshotNotFoundError,
 )
-from index_store.files import FileDigest, fsync_directory, write_new_file
+from index_store.files import FileDigest, write_new_file
 from index_store.gallery import GalleryData, validate_gallery
 from index_store.manifest import (
     MANIFEST_FILE,
@@ -50,17 +48,18 @@ from index_store.milvus_layout import (
     NO_GROUP,
     REQUIRED_ENTRIES,
     ROW,
-    STAGING_PREFIX,
     VECTOR,
     ContentDigests,
     build_parameters,
     collection_name,
     default_search_parameters,
     index_type,
+    staging_age,
+    staging_name,
 )
 from index_store.milvus_snapshot import MilvusSnapshot, milvus_errors, open_collection
 from index_store.snapshot import CANARY_COUNT, canary_candidates, read_gallery
-from index_store.store import StoreEntry
+from index_store.store import StoreEntry, publishing, remove_abandoned_staging, rename_into_store
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +121,18 @@ class MilvusBackend:
         gallery, manifest = read_gallery(source)
         return self.publish_gallery(gallery, model_fingerprint=manifest.model_fingerprint,
                                     version=version or manifest.version)
+
+    def remove_abandoned_staging(self, older_than_seconds: float = 86400) -> list[str]:
+        """Drop the staging collections created more than `older_than_seconds` ago (their publisher died:
+        a publish takes minutes) and the sidecar staging directories of dead publishers; returns them."""
+        now = time.time()
+        with milvus_errors("removing abandoned staging collections"):
+            abandoned = [name for name in self.client.list_collections()
+                         if (staging_age(name, now) or 0) > older_than_seconds]
+            for name in abandoned:
+                self.client.drop_collection(name)
+                log.warning("abandoned staging collection dropped", extra={"collection": name})
+        return abandoned + [str(path) for path in remove_abandoned_staging(self._sidecar_root())]
 
     def list_snapshots(self) -> list[StoreEntry]:
         """Every published version with its manifest, oldest first; unreadable ones last, with their problem."""
@@ -210,28 +221,27 @@ class MilvusBackend:
         """Staging collection and sidecar, filled, canary rows chosen, manifest written last, renamed."""
         target = collection_name(version)
         self._refuse_existing(version, target)
-        staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-        sidecar = Path(tempfile.mkdtemp(prefix=".publishing-", dir=self._sidecar_root()))
-        try:
-            digests = self._create_and_fill(staging, gallery, kind)
-            manifest = Manifest(
-                version=version, created=utc_timestamp(now), model_fingerprint=model_fingerprint,
-                dimension=gallery.embeddings.shape[1], count=gallery.embeddings.shape[0],
-                factory=FACTORY_PREFIX + kind,
-                search_parameters=search_parameters if search_parameters is not None
-                else default_search_parameters(kind),
-                occlusion_regions=None if gallery.occlusion_embeddings is None
-                else gallery.occlusion_embeddings.shape[1],
-                canary_rows=self._canary_rows(staging, gallery, kind),
-                files={**digests.entries(gallery.group_keys is not None), **_write_occlusions(sidecar, gallery)})
-            self.client.alter_collection_properties(
-                staging, properties={MANIFEST_PROPERTY: manifest.to_json().decode()})
-            self._rename_into_place(staging, sidecar, version, target)
-        except BaseException:
-            shutil.rmtree(sidecar, ignore_errors=True)
-            if self.client.has_collection(staging):
-                self.client.drop_collection(staging)
-            raise
+        staging = staging_name(time.time())
+        with publishing(self._sidecar_root()) as sidecar:
+            try:
+                digests = self._create_and_fill(staging, gallery, kind)
+                manifest = Manifest(
+                    version=version, created=utc_timestamp(now), model_fingerprint=model_fingerprint,
+                    dimension=gallery.embeddings.shape[1], count=gallery.embeddings.shape[0],
+                    factory=FACTORY_PREFIX + kind,
+                    search_parameters=search_parameters if search_parameters is not None
+                    else default_search_parameters(kind),
+                    occlusion_regions=None if gallery.occlusion_embeddings is None
+                    else gallery.occlusion_embeddings.shape[1],
+                    canary_rows=self._canary_rows(staging, gallery, kind),
+                    files={**digests.entries(gallery.group_keys is not None), **_write_occlusions(sidecar, gallery)})
+                self.client.alter_collection_properties(
+                    staging, properties={MANIFEST_PROPERTY: manifest.to_json().decode()})
+                self._rename_into_place(staging, sidecar, version, target)
+            except BaseException:
+                if self.client.has_collection(staging):
+                    self.client.drop_collection(staging)
+                raise
         return manifest
 
     def _manifest(self, collection: str) -> Manifest:
@@ -302,14 +312,11 @@ class MilvusBackend:
     def _rename_into_place(self, staging: str, sidecar: Path, version: str, target: str) -> None:
         """Publish: the sidecar directory first (refused if the version exists), then the collection."""
         self._refuse_existing(version, target)
-        fsync_directory(sidecar)
-        final = self.config.sidecar_root / version
-        os.rename(sidecar, final)
-        fsync_directory(self.config.sidecar_root)
+        rename_into_store(sidecar, self.config.sidecar_root, version)
         try:
             self.client.rename_collection(staging, target)
         except BaseException:
-            shutil.rmtree(final, ignore_errors=True)
+            shutil.rmtree(self.config.sidecar_root / version, ignore_errors=True)
             raise
 
 

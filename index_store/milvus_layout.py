@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import re
+import uuid
 from collections.abc import Iterable
 
 import numpy as np
@@ -40,6 +41,17 @@ def collection_name(version: str) -> str:
     version, so that versions differing only in `.` or `-` never share a collection."""
     tag = hashlib.sha256(version.encode("utf-8")).hexdigest()[:10]
     return f"{COLLECTION_PREFIX}{_SAFE_NAME.sub('_', version)}_{tag}"
+
+
+def staging_name(now: float) -> str:
+    """A new staging collection's name, holding its creation time (Unix seconds) for `staging_age`."""
+    return f"{STAGING_PREFIX}{int(now)}_{uuid.uuid4().hex[:12]}"
+
+
+def staging_age(name: str, now: float) -> float | None:
+    """Seconds since the staging collection `name` was created, or None if `name` is not one."""
+    created, _, _ = name.removeprefix(STAGING_PREFIX).partition("_")
+    return now - int(created) if name.startswith(STAGING_PREFIX) and created.isdigit() else None
 
 
 def index_type(factory: str) -> str:

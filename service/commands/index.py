@@ -4,8 +4,9 @@
 and either publishes the snapshot straight into the configured back end (CHEXTRIEV_INDEX_BACKEND or
 `--backend`: the local store `--store`, default CHEXTRIEV_INDEX_STORE, or Milvus at CHEXTRIEV_MILVUS_URI)
 or writes it into a new staging directory (`--out`) that `publish` later verifies and publishes
-atomically into the back end. `list` lists the back end's versions. `clean` removes the staging
-directories that killed publishers left inside a local store (every publish does so too).
+atomically into the back end. `list` lists the back end's versions. `clean` removes what killed
+publishers left: staging directories (every publish does so too) and, in Milvus, staging collections
+older than a day.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from index_store.backend import IndexBackend
 from index_store.errors import SnapshotError
 from index_store.faiss_index import EXACT_FACTORY
 from index_store.gallery import read_gallery_npz, resolve_fingerprint
-from index_store.store import build_snapshot, remove_abandoned_staging
+from index_store.store import build_snapshot
 from service.index_backend import make_backend
 from service.settings import read_settings
 
@@ -61,8 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=_list)
 
-    clean = actions.add_parser("clean", help="remove the staging directories of dead publishers from a store")
-    clean.add_argument("--store", type=Path, required=True, help="index store directory")
+    clean = actions.add_parser("clean", help="remove what dead publishers left: staging directories, and in "
+                                             "Milvus staging collections older than a day")
+    _add_backend_arguments(clean, "local index store directory (Milvus: the directory of the occlusion sidecars)")
     clean.set_defaults(handler=_clean)
 
 
@@ -136,7 +138,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _clean(args: argparse.Namespace) -> int:
     try:
-        removed = remove_abandoned_staging(args.store)
+        with closing(_backend(args)) as backend:
+            removed = backend.remove_abandoned_staging()
     except SnapshotError as exc:
         return _fail(exc)
     for path in removed:

@@ -5,6 +5,7 @@ occlusion sidecars; exact results equal the local exact back end, approximate in
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from index_store.gallery import GalleryData
 from index_store.local_backend import LocalBackend
 from index_store.manifest import OCCLUSION_FILE
 from index_store.milvus_backend import MilvusBackend, MilvusConfig
-from index_store.milvus_layout import MANIFEST_PROPERTY, VECTORS_ENTRY, collection_name
+from index_store.milvus_layout import MANIFEST_PROPERTY, VECTORS_ENTRY, collection_name, staging_name
 from index_store.search import Exclusion
 from index_store.synthetic import cluster_centres, clustered_unit_vectors
 from tests.index_store.galleries import DIMENSION, FINGERPRINT, make_gallery
@@ -217,3 +218,12 @@ def test_a_local_snapshot_is_published_into_milvus_with_its_keys_and_occlusions(
     np.testing.assert_array_equal(snapshot.occlusion_embeddings("case-11"), gallery.occlusion_embeddings[11])
     queries = _queries(8)
     assert _recall(snapshot.search(queries, 10), LocalBackend(store).open_version("v1").search(queries, 10)) == 1.0
+
+
+def test_abandoned_staging_collections_are_dropped_and_recent_ones_kept(milvus: MilvusBackend) -> None:
+    old, recent = staging_name(time.time() - 2 * 86400), staging_name(time.time() - 60)
+    for name in (old, recent):
+        milvus.client.create_collection(name, dimension=4)
+    assert milvus.remove_abandoned_staging() == [old]
+    assert recent in milvus.client.list_collections() and old not in milvus.client.list_collections()
+    assert milvus.list_snapshots() == []  # staging collections are never listed
