@@ -76,8 +76,8 @@ class ActiveIndex:
         The back end's own active marker (Milvus: the alias) is moved after the checks; then
         `commit(manifest, previous_version)`, when given, runs before the swap, under the activation
         lock: the swap happens only if it returns (e.g. once the choice is recorded), so whatever it
-        records is what serves; if it fails, the marker is moved back. Activating the active version again swaps
-        nothing but still commits."""
+        records is what serves; if it fails, the marker is moved back. Activating the active version
+        again swaps nothing but still commits."""
         with self._activation_lock:
             current = self._current
             if current is not None and current.snapshot.version == version:

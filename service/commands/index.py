@@ -23,7 +23,7 @@ from index_store.faiss_index import EXACT_FACTORY
 from index_store.gallery import read_gallery_npz, resolve_fingerprint
 from index_store.store import build_snapshot
 from service.index_backend import make_backend
-from service.settings import read_settings
+from service.settings import SettingsError, read_settings
 
 _LIST_COLUMNS = ("version", "created", "count", "dimension", "factory", "model_fingerprint")
 
@@ -98,7 +98,7 @@ def _build(args: argparse.Namespace) -> int:
                 manifest = backend.publish_gallery(gallery, factory=args.factory, **options)
         else:
             manifest = build_snapshot(args.out, gallery, factory=args.factory or EXACT_FACTORY, **options)
-    except SnapshotError as exc:
+    except (SnapshotError, SettingsError) as exc:
         return _fail(exc)
     print(json.dumps(manifest.summary()))
     return 0
@@ -108,7 +108,7 @@ def _publish(args: argparse.Namespace) -> int:
     try:
         with closing(_backend(args)) as backend:
             manifest = backend.publish_directory(args.snapshot, version=args.as_version)
-    except SnapshotError as exc:
+    except (SnapshotError, SettingsError) as exc:
         return _fail(exc)
     print(json.dumps(manifest.summary()))
     return 0
@@ -118,7 +118,7 @@ def _list(args: argparse.Namespace) -> int:
     try:
         with closing(_backend(args)) as backend:
             entries = backend.list_snapshots()
-    except SnapshotError as exc:
+    except (SnapshotError, SettingsError) as exc:
         return _fail(exc)
     rows = [entry.summary() for entry in entries]
     if args.json:
@@ -140,13 +140,13 @@ def _clean(args: argparse.Namespace) -> int:
     try:
         with closing(_backend(args)) as backend:
             removed = backend.remove_abandoned_staging()
-    except SnapshotError as exc:
+    except (SnapshotError, SettingsError) as exc:
         return _fail(exc)
     for path in removed:
         print(f"removed {path}")
     return 0
 
 
-def _fail(exc: SnapshotError) -> int:
+def _fail(exc: SnapshotError | SettingsError) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return 1

@@ -155,3 +155,10 @@ def test_bench_backends_compares_the_same_queries_on_both(tmp_path: Path) -> Non
     assert results[2][:2] == ("milvus", "milvus:HNSW") and results[2][2] >= 0.9
     for result in report["results"]:
         assert result["build_seconds"] > 0 and result["latency_ms"]["p99"] >= result["latency_ms"]["p50"] > 0
+
+
+def test_an_unusable_setting_is_an_error_message_not_a_traceback(tmp_path: Path, embeddings_file: Path, capsys,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setenv("CHEXTRIEV_INDEX_BACKEND", "elasticsearch")
+    assert main(["index", "list", "--store", str(tmp_path)]) == 1
+    assert "CHEXTRIEV_INDEX_BACKEND" in capsys.readouterr().err
