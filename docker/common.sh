@@ -4,7 +4,7 @@ DOCKER_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ENTRYPOINT_NAME="$(basename "$0" .sh)"
 # Settings that are secrets: each may instead be given as NAME_FILE, the path of a file holding it
 # (a compose secret under /run/secrets), so that its value appears in no environment listing or image.
-SECRET_VARIABLES=(CHEXTRIEV_DATABASE_URL CHEXTRIEV_ADMIN_TOKEN CHEXTRIEV_PATIENT_SALT)
+SECRET_VARIABLES=(CHEXTRIEV_DATABASE_URL CHEXTRIEV_ADMIN_TOKEN CHEXTRIEV_PATIENT_SALT CHEXTRIEV_MILVUS_TOKEN)
 
 fail() {
   echo "$ENTRYPOINT_NAME: error: $*" >&2

@@ -1,4 +1,5 @@
-"""The active snapshot of a running service: lease-counted, swapped atomically, with rollback.
+"""The active snapshot of a running service, from any index back end: lease-counted, swapped atomically,
+with rollback.
 
 Readers take a lease on the current snapshot (a short lock only to read the pointer and count the
 lease, never held during a search), so a search runs entirely on one snapshot; a swap only moves the
@@ -12,15 +13,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from index_store.backend import IndexBackend, ServingSnapshot
 from index_store.errors import SnapshotNotFoundError
 from index_store.manifest import Manifest
 from index_store.search import Exclusion, QueryHits
-from index_store.snapshot import Snapshot
-from index_store.store import open_version
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +34,23 @@ Commit = Callable[[Manifest, str | None], None]
 
 @dataclass
 class _Held:
-    snapshot: Snapshot
+    snapshot: ServingSnapshot
     leases: int = 0
     retired: bool = False
 
 
 class ActiveIndex:
-    """The snapshot that serves searches, chosen from a store; activate, roll back, search, lease."""
+    """The snapshot that serves searches, chosen from a back end; activate, roll back, search, lease."""
 
     def __init__(
         self,
-        store: Path,
+        backend: IndexBackend,
         *,
         expected_fingerprint: str | None = None,
         expected_dimension: int | None = None,
         device: str = "cpu",
     ):
-        self.store = store
+        self.backend = backend
         self._expected_fingerprint = expected_fingerprint
         self._expected_dimension = expected_dimension
         self._device = device
@@ -74,10 +73,11 @@ class ActiveIndex:
     def activate(self, version: str, *, commit: Commit | None = None) -> Manifest:
         """Verify, load and canary-check `version`, then swap it in; on any failure the active one stays.
 
-        `commit(manifest, previous_version)`, when given, runs after the checks and before the swap,
-        under the activation lock: the swap happens only if it returns (e.g. once the choice is
-        recorded), so whatever it records is what serves. Activating the active version again swaps
-        nothing but still commits."""
+        The back end's own active marker (Milvus: the alias) is moved after the checks; then
+        `commit(manifest, previous_version)`, when given, runs before the swap, under the activation
+        lock: the swap happens only if it returns (e.g. once the choice is recorded), so whatever it
+        records is what serves; if it fails, the marker is moved back. Activating the active version
+        again swaps nothing but still commits."""
         with self._activation_lock:
             current = self._current
             if current is not None and current.snapshot.version == version:
@@ -104,7 +104,7 @@ class ActiveIndex:
             return self._swap_in(version, previous_version, commit)
 
     @contextmanager
-    def lease(self) -> Iterator[Snapshot]:
+    def lease(self) -> Iterator[ServingSnapshot]:
         """The active snapshot, guaranteed open until the block ends even if another is swapped in meanwhile."""
         with self._lock:
             held = self._current
@@ -137,23 +137,34 @@ class ActiveIndex:
         return held.snapshot.version if held else None
 
     def _swap_in(self, version: str, previous_version: str | None, commit: Commit | None) -> Manifest:
-        snapshot = open_version(
-            self.store,
+        snapshot = self.backend.open_version(
             version,
             expected_fingerprint=self._expected_fingerprint,
             expected_dimension=self._expected_dimension,
             device=self._device,
         )
+        serving = self._current_version()
         try:
+            self.backend.mark_active(version)
             if commit is not None:
                 commit(snapshot.manifest, previous_version)
         except BaseException:
             snapshot.close()
+            if serving is not None and serving != version:
+                self._mark_serving(serving)
             raise
         self._retire(_Held(snapshot))
         self._previous_version = previous_version
         log.info("index snapshot activated", extra={"version": version, "previous_version": previous_version})
         return snapshot.manifest
+
+    def _mark_serving(self, version: str) -> None:
+        """Point the back end's marker back at the snapshot that still serves; a failure is logged, so the
+        activation's own error is the one raised."""
+        try:
+            self.backend.mark_active(version)
+        except Exception:  # noqa: BLE001 - reported here; the caller gets the activation's error
+            log.exception("the back end's active marker could not be moved back", extra={"version": version})
 
     def _retire(self, new: _Held | None) -> None:
         """Make `new` current; close the old one now if unleased, else when its last lease ends."""

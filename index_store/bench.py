@@ -97,19 +97,20 @@ def _bench_case(
         "factory": factory,
         "search_parameters": search_parameters,
     }
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     started = time.perf_counter()
     try:
         index = build_index(vectors, factory, search_parameters)
     except SnapshotInputError as exc:
         return {**result, "error": str(exc)}
     result["build_seconds"] = round(time.perf_counter() - started, 3)
-    result["rss_delta_bytes"] = _rss_bytes() - rss_before
+    result["rss_delta_bytes"] = rss_bytes() - rss_before
     result["index_bytes"] = index_bytes(index)
     searcher = make_searcher(index, config.device)
     searcher.search(queries[:1], config.k)  # warm-up
     result["latency_ms"] = {
-        str(batch): _latency(lambda b=queries[:batch]: searcher.search(b, config.k), config)
+        str(batch): measure_latency(lambda b=queries[:batch]: searcher.search(b, config.k), config.repeats,
+                                       config.max_latency_seconds)
         for batch in config.batch_sizes
     }
     _, found = searcher.search(queries, config.k)
@@ -120,11 +121,11 @@ def _bench_case(
     return result
 
 
-def _latency(call, config: BenchConfig) -> dict[str, float | int]:
-    """p50/p99 wall time of `call` over `repeats` runs, stopping early after `max_latency_seconds`."""
+def measure_latency(call, repeats: int, max_seconds: float) -> dict[str, float | int]:
+    """p50/p99 wall time in ms of `call` over `repeats` runs, stopping early after `max_seconds`."""
     samples = []
-    deadline = time.perf_counter() + config.max_latency_seconds
-    while len(samples) < config.repeats and (len(samples) < 3 or time.perf_counter() < deadline):
+    deadline = time.perf_counter() + max_seconds
+    while len(samples) < repeats and (len(samples) < 3 or time.perf_counter() < deadline):
         started = time.perf_counter()
         call()
         samples.append((time.perf_counter() - started) * 1000)
@@ -135,7 +136,7 @@ def _latency(call, config: BenchConfig) -> dict[str, float | int]:
     }
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     """Resident set size of this process (Linux /proc; 0 where unavailable)."""
     try:
         resident_pages = int(Path("/proc/self/statm").read_text().split()[1])

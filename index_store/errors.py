@@ -35,3 +35,7 @@ class SnapshotExistsError(SnapshotError):
 
 class SnapshotInputError(SnapshotError, ValueError):
     """Data given to build or search a snapshot is invalid (shapes, non-finite or unnormalised vectors, ...)."""
+
+
+class IndexUnavailableError(SnapshotError):
+    """The index back end (a Milvus server) cannot be reached or refused a request."""

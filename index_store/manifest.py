@@ -21,7 +21,6 @@ GROUP_KEYS_FILE = "group_keys.json"
 OCCLUSION_FILE = "occlusion.npy"
 CANARY_FILE = "canary.npy"
 REQUIRED_FILES = (INDEX_FILE, CASE_IDS_FILE, CANARY_FILE)
-KNOWN_FILES = frozenset(REQUIRED_FILES + (GROUP_KEYS_FILE, OCCLUSION_FILE))
 
 VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -93,8 +92,11 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def parse_manifest(data: bytes, path: Path) -> Manifest:
-    """Parse and schema-check manifest bytes read from `path`; raises SnapshotCorrupt/IncompatibleError."""
+def parse_manifest(data: bytes, path: Path, required_files: tuple[str, ...] = REQUIRED_FILES) -> Manifest:
+    """Parse and schema-check manifest bytes read from `path`; raises SnapshotCorrupt/IncompatibleError.
+
+    `required_files` are the entries a snapshot of this back end must list (group keys and occlusions
+    are optional)."""
 
     def corrupt(why: str) -> SnapshotCorruptError:
         return SnapshotCorruptError(f"{path.name} in {path.parent}: {why}", path)
@@ -137,8 +139,9 @@ def parse_manifest(data: bytes, path: Path) -> Manifest:
     if not rows or not all(type(r) is int and 0 <= r < raw["count"] for r in rows):
         raise corrupt("canary_rows must be a non-empty list of row numbers below count")
     files = {name: _parse_digest(name, entry, corrupt) for name, entry in raw["files"].items()}
-    expected_files = set(REQUIRED_FILES) | ({OCCLUSION_FILE} if regions is not None else set())
-    if not expected_files <= set(files) <= KNOWN_FILES or (OCCLUSION_FILE in files and regions is None):
+    expected_files = set(required_files) | ({OCCLUSION_FILE} if regions is not None else set())
+    known_files = set(required_files) | {GROUP_KEYS_FILE, OCCLUSION_FILE}
+    if not expected_files <= set(files) <= known_files or (OCCLUSION_FILE in files and regions is None):
         raise corrupt(
             f"lists files {sorted(files)}; expected {sorted(expected_files)} (+ optional group keys)"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +36,36 @@ class QueryHits:
     case_ids: tuple[str, ...]
     scores: tuple[float, ...]
     ranks: tuple[int, ...]
+
+
+def check_queries(queries: np.ndarray, dimension: int) -> np.ndarray:
+    """Queries (Q, D) or one query (D,) as a contiguous float32 (Q, D) batch; SnapshotInputError otherwise."""
+    batch = np.asarray(queries)
+    if batch.ndim == 1:
+        batch = batch[None, :]
+    if batch.ndim != 2 or batch.shape[1] != dimension or batch.shape[0] == 0:
+        raise SnapshotInputError(
+            f"queries must have shape (Q, {dimension}) or ({dimension},), got {np.shape(queries)}"
+        )
+    if batch.dtype.kind != "f" or not np.isfinite(batch).all():
+        raise SnapshotInputError("queries must be finite floating-point vectors")
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SnapshotInputError(f"k must be a positive integer, got {k!r}")
+
+
+def per_query(exclusions: Exclusion | Sequence[Exclusion] | None, count: int) -> list[Exclusion]:
+    """One Exclusion per query, from none, one for all, or one each."""
+    if exclusions is None:
+        return [Exclusion()] * count
+    if isinstance(exclusions, Exclusion):
+        return [exclusions] * count
+    if len(exclusions) != count:
+        raise SnapshotInputError(f"{len(exclusions)} exclusions given for {count} queries")
+    return list(exclusions)
 
 
 class Searcher(Protocol):

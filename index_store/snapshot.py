@@ -36,7 +36,15 @@ from index_store.manifest import (
     parse_manifest,
     utc_timestamp,
 )
-from index_store.search import Exclusion, QueryHits, make_searcher, search_excluding
+from index_store.search import (
+    Exclusion,
+    QueryHits,
+    check_k,
+    check_queries,
+    make_searcher,
+    per_query,
+    search_excluding,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +109,15 @@ def _write_npy(path: Path, array: np.ndarray) -> FileDigest:
     return write_new_file(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
+def canary_candidates(count: int) -> np.ndarray:
+    """The rows tried as canaries: up to 64 evenly spread over `count` rows (the first CANARY_COUNT
+    that find themselves first are kept)."""
+    return np.unique(np.linspace(0, count - 1, _CANARY_CANDIDATES).astype(np.int64))
+
+
 def _choose_canary_rows(index: faiss.Index, embeddings: np.ndarray, factory: str) -> tuple[int, ...]:
     """Up to CANARY_COUNT evenly spread rows whose own vector finds them first in this index."""
-    candidates = np.unique(np.linspace(0, len(embeddings) - 1, _CANARY_CANDIDATES).astype(np.int64))
+    candidates = canary_candidates(len(embeddings))
     _, found = index.search(embeddings[candidates], 1)
     rows = tuple(int(r) for r in candidates[found[:, 0] == candidates][:CANARY_COUNT])
     if not rows:
@@ -161,10 +175,9 @@ class Snapshot:
         `exclusions` is one Exclusion for every query or one per query. Returns k hits per query unless
         the gallery holds fewer eligible cases.
         """
-        batch = self._check_queries(queries)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise SnapshotInputError(f"k must be a positive integer, got {k!r}")
-        excluded = [self._excluded_rows(e) for e in self._per_query(exclusions, len(batch))]
+        batch = check_queries(queries, self.manifest.dimension)
+        check_k(k)
+        excluded = [self._excluded_rows(e) for e in per_query(exclusions, len(batch))]
         self._require_open()
         found = search_excluding(
             self._searcher, batch, min(k, self.manifest.count), excluded, self.manifest.count
@@ -216,28 +229,6 @@ class Snapshot:
             raise SnapshotNotFoundError(f"case is not in snapshot {self.version}")
         return row
 
-    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
-        batch = np.asarray(queries)
-        if batch.ndim == 1:
-            batch = batch[None, :]
-        if batch.ndim != 2 or batch.shape[1] != self.manifest.dimension or batch.shape[0] == 0:
-            raise SnapshotInputError(
-                f"queries must have shape (Q, {self.manifest.dimension}) or ({self.manifest.dimension},), "
-                f"got {np.shape(queries)}"
-            )
-        if batch.dtype.kind != "f" or not np.isfinite(batch).all():
-            raise SnapshotInputError("queries must be finite floating-point vectors")
-        return np.ascontiguousarray(batch, dtype=np.float32)
-
-    def _per_query(self, exclusions: Exclusion | Sequence[Exclusion] | None, count: int) -> list[Exclusion]:
-        if exclusions is None:
-            return [Exclusion()] * count
-        if isinstance(exclusions, Exclusion):
-            return [exclusions] * count
-        if len(exclusions) != count:
-            raise SnapshotInputError(f"{len(exclusions)} exclusions given for {count} queries")
-        return list(exclusions)
-
     def _excluded_rows(self, exclusion: Exclusion) -> np.ndarray:
         if exclusion.group_keys and not self.has_group_keys:
             raise SnapshotInputError(f"snapshot {self.version} has no group keys to exclude by")
@@ -279,6 +270,29 @@ def open_snapshot(
         "snapshot opened", extra={"version": manifest.version, "count": manifest.count, "device": device}
     )
     return snapshot
+
+
+def read_gallery(directory: Path) -> tuple[GalleryData, Manifest]:
+    """The gallery of the snapshot in `directory`, verified and canary-checked as `open_snapshot` does, to
+    publish it into another back end. Only an exact (Flat) snapshot holds the gallery's vectors unchanged;
+    its occlusion embeddings are memory-mapped, not read."""
+    snapshot = open_snapshot(directory)
+    try:
+        if not faiss_index.is_exact(snapshot._index):
+            raise SnapshotInputError(
+                f"snapshot {snapshot.version} uses the approximate index {snapshot.manifest.factory!r}: only an "
+                "exact (Flat) snapshot holds the gallery's vectors to publish elsewhere")
+        embeddings = np.array(faiss_index.flat_vectors(snapshot._index))  # a copy: the index is freed below
+        manifest = snapshot.manifest
+        group_keys = None
+        if snapshot.has_group_keys:
+            group_keys = _read_strings(directory / GROUP_KEYS_FILE, manifest.count)
+        occlusion = None
+        if manifest.occlusion_regions is not None:
+            occlusion = np.load(directory / OCCLUSION_FILE, mmap_mode="r", allow_pickle=False)
+    finally:
+        snapshot.close()
+    return GalleryData(embeddings, snapshot.case_ids, group_keys, occlusion), manifest
 
 
 def _read_verified_manifest(directory: Path, version: str | None, fingerprint: str | None) -> Manifest:

@@ -89,7 +89,7 @@ def publish_gallery(
     """Build a snapshot of `gallery` inside `store` and publish it atomically under its version."""
     if version is not None:
         _refuse_existing(store, check_version_name(version))
-    with _publishing(store) as staged:
+    with publishing(store) as staged:
         manifest = write_snapshot(
             staged,
             gallery,
@@ -98,7 +98,7 @@ def publish_gallery(
             search_parameters=search_parameters,
             version=version,
         )
-        _rename_into_store(staged, store, manifest.version)
+        rename_into_store(staged, store, manifest.version)
     return manifest
 
 
@@ -113,7 +113,7 @@ def publish_directory(source: Path, store: Path, *, version: str | None = None) 
     published = manifest if version is None else replace(
         manifest, version=check_version_name(version), created=utc_timestamp(datetime.now(UTC)))
     _refuse_existing(store, published.version)
-    with _publishing(store) as staged:
+    with publishing(store) as staged:
         for name, expected in manifest.files.items():
             if copy_new_file(source / name, staged / name) != expected:
                 raise SnapshotCorruptError(
@@ -127,7 +127,7 @@ def publish_directory(source: Path, store: Path, *, version: str | None = None) 
             raise SnapshotCorruptError(
                 f"{MANIFEST_FILE} in {source} changed while it was being published", source / MANIFEST_FILE
             )
-        _rename_into_store(staged, store, published.version)
+        rename_into_store(staged, store, published.version)
     return published
 
 
@@ -195,7 +195,7 @@ def _refuse_existing(store: Path, version: str) -> None:
 
 
 @contextmanager
-def _publishing(store: Path) -> Iterator[Path]:
+def publishing(store: Path) -> Iterator[Path]:
     """An empty directory to build a snapshot in, inside a new staging directory locked for the whole publish.
 
     Abandoned staging directories are removed first; this one is removed afterwards, its snapshot
@@ -259,7 +259,7 @@ def _try_lock(staging: Path) -> int | None:
     return lock
 
 
-def _rename_into_store(staged: Path, store: Path, version: str) -> None:
+def rename_into_store(staged: Path, store: Path, version: str) -> None:
     """Rename the complete snapshot in `staged` to `store/version`, never replacing an existing version."""
     target = store / version
     _refuse_existing(store, version)

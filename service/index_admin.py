@@ -12,14 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from index_store.active import ActiveIndex, Commit, NoPreviousSnapshotError
 from index_store.errors import SnapshotError
 from index_store.manifest import Manifest
-from index_store.store import list_snapshots
 from service.db.session import driver_message
 from service.problems import Problem, unavailable
 from service.schemas import ActivationResponse, IndexListing, SnapshotSummary
@@ -36,7 +34,7 @@ def index_listing(state: ServiceState) -> IndexListing:
     return IndexListing(
         active=SnapshotSummary.of_manifest(manifest) if manifest else None,
         previous_version=index.previous_version,
-        available=[SnapshotSummary.of_entry(entry) for entry in list_snapshots(Path(state.settings.index_store))])
+        available=[SnapshotSummary.of_entry(entry) for entry in index.backend.list_snapshots()])
 
 
 def activate_version(state: ServiceState, version: str, actor: str) -> ActivationResponse:

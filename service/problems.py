@@ -25,6 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index_store.errors import (
+    IndexUnavailableError,
     SnapshotCorruptError,
     SnapshotError,
     SnapshotExistsError,
@@ -127,6 +128,9 @@ def problem_from_error(error: ChextrievError | SnapshotError) -> Problem:
         logger.error("the active snapshot changed on disk", extra={"problem": str(error)})
         return unavailable("snapshot-damaged", "the active index snapshot changed on disk after it was "
                            "activated; an administrator must activate a sound snapshot")
+    if isinstance(error, IndexUnavailableError):  # the back end's fault (Milvus down); details in the log
+        logger.error("the index back end failed", extra={"problem": str(error)})
+        return unavailable("index-unavailable", "the index back end cannot answer now; try again later")
     if isinstance(error, RegionError):
         return Problem(422, "invalid-regions", str(error), [
             field_problem("regions", p.problem, region=p.region) for p in error.problems])

@@ -24,6 +24,7 @@ OTHER_VARIABLES = frozenset({
     "CHEXTRIEV_SHARED_DATA", "CHEXTRIEV_TEST_POSTGRES_URL",  # the test suite
     "CHEXTRIEV_DATABASE_WAIT_SECONDS",  # docker/common.sh
     "CHEXTRIEV_DATABASE_URL_FILE", "CHEXTRIEV_ADMIN_TOKEN_FILE", "CHEXTRIEV_PATIENT_SALT_FILE",  # secrets
+    "CHEXTRIEV_MILVUS_TOKEN_FILE",
     "CHEXTRIEV_RUN", "CHEXTRIEV_RUNS_DIR", "CHEXTRIEV_CHECKPOINTS_DIR", "CHEXTRIEV_TRAIN_OPTIONS",
     "CHEXTRIEV_INDEX_OPTIONS", "CHEXTRIEV_GALLERY_SPLIT",  # docker/entrypoint-trainer.sh
 })
@@ -39,7 +40,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     database_url: str = "sqlite:///./var/chextriev.db"
+    # Where snapshots are published and served from (service.index_backend): "local", the snapshot
+    # directories of `index_store` searched in this process; or "milvus", a collection per version in
+    # the Milvus at `milvus_uri` (a milvus-lite file, or http://host:19530), `index_store` then holding
+    # only each version's occlusion sidecar. The active version is also the alias `milvus_alias`.
+    index_backend: Literal["local", "milvus"] = "local"
     index_store: str = "./var/index"
+    milvus_uri: str = "./var/milvus.db"
+    milvus_token: SecretStr | None = None
+    milvus_alias: str = "chextriev_active"
     checkpoint: str = "./var/checkpoint"
     image_root: str = "./var/images"
     device: str = "cpu"

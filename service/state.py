@@ -13,14 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from index_store.active import ActiveIndex
+from index_store.backend import IndexBackend
 from index_store.errors import SnapshotError, SnapshotNotFoundError
-from index_store.store import list_snapshots
 from model.anatomy_model import AnatomyModel
 from model.devices import select_device
 from model.embedder import Embedder
@@ -32,6 +31,7 @@ from service.case_occlusions import CaseOcclusions
 from service.db.repository import CaseRecord
 from service.db.session import make_engine, make_session_factory
 from service.embed_batcher import EmbedBatcher
+from service.index_backend import make_backend
 from service.metrics import IndexReading, ServiceMetrics
 from service.problems import unavailable
 from service.query_cache import QueryCache
@@ -103,7 +103,7 @@ class ServiceState:
                         busy=lambda: self.batcher.searches_in_progress > 0,
                         capacity=self.settings.occlusion_cache_size, ttl_seconds=self.settings.query_ttl_seconds)
                 if self.index is None:
-                    self.index = ActiveIndex(Path(self.settings.index_store),
+                    self.index = ActiveIndex(make_backend(self.settings),
                                              expected_fingerprint=self.embedder.fingerprint,
                                              device=self.embedder.device.type)
                 if self.index.manifest is None:
@@ -126,13 +126,15 @@ class ServiceState:
             self.load_problem = None
 
     def close(self) -> None:
-        """Stop the micro-batcher and the occlusion warmer, release the index and the database connections."""
+        """Stop the micro-batcher and the occlusion warmer, release the index, its back end and the database
+        connections."""
         if self.batcher is not None:
             self.batcher.close()
         if self.occlusions is not None:
             self.occlusions.close()
         if self.index is not None:
             self.index.close()
+            self.index.backend.close()
         self.engine.dispose()
 
     def _activate_startup_version(self) -> None:
@@ -152,7 +154,7 @@ class ServiceState:
                 logger.warning("recorded index snapshot cannot serve", extra={
                     "version": version, "problem": f"{type(error).__name__}: {error}"})
         version = self.settings.active_version or _newest_compatible(
-            Path(self.settings.index_store), self.embedder.fingerprint)
+            self.index.backend, self.embedder.fingerprint)
         try:
             self._restore(version, None)
         except SnapshotError as error:
@@ -177,12 +179,12 @@ def _case_occlusion(embedder: Embedder, image_root: str, case: CaseRecord,
                                 np.asarray(case.region_boxes, dtype=np.float32), before_pass=before_pass)
 
 
-def _newest_compatible(store: Path, fingerprint: str) -> str:
-    """The newest readable snapshot of `store` built for the model `fingerprint`."""
-    compatible = [entry.version for entry in list_snapshots(store)
+def _newest_compatible(backend: IndexBackend, fingerprint: str) -> str:
+    """The newest readable snapshot of `backend` built for the model `fingerprint`."""
+    compatible = [entry.version for entry in backend.list_snapshots()
                   if entry.manifest is not None and entry.manifest.model_fingerprint == fingerprint]
     if not compatible:
         raise SnapshotNotFoundError(
-            f"index store {store} holds no snapshot built for model {fingerprint[:12]}...; publish one "
-            "or set CHEXTRIEV_ACTIVE_VERSION", store)
+            f"{backend.where} holds no snapshot built for model {fingerprint[:12]}...; publish one "
+            "or set CHEXTRIEV_ACTIVE_VERSION")
     return compatible[-1]

@@ -1,7 +1,7 @@
-"""`chextriev bench`: gallery search speed (`search`), peak memory of a search at the limits (`peak-memory`),
-embedding speed of the fast CPU runtime against eager PyTorch (`embed`), search over HTTP (`http`), the
-anatomy model's cost (`anatomy`); and the benchmarks other
-packages register in the entry-point group `chextriev.benches` (the trainer's `train`)."""
+"""`chextriev bench`: gallery search speed (`search`), the index back ends compared (`backends`), peak
+memory of a search at the limits (`peak-memory`), embedding speed of the fast CPU runtime against eager
+PyTorch (`embed`), search over HTTP (`http`), the anatomy model's cost (`anatomy`); and the benchmarks
+other packages register in the entry-point group `chextriev.benches` (the trainer's `train`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from index_store.bench import BenchConfig, run_search_benchmark
 from index_store.errors import SnapshotError
+from index_store.milvus_layout import INDEX_TYPES
 from model.backbones import BACKBONE_NAMES
 from model.errors import ChextrievError
 from model.imaging import ImageLimits
@@ -41,12 +42,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     search.add_argument("--repeats", type=int, default=50, help="timed runs per batch size (default 50)")
     search.set_defaults(handler=_search)
+    _register_backends(benches)
     _register_peak_memory(benches)
     _register_embed(benches)
     bench_http.register(benches)
     bench_anatomy.register(benches)
     for entry in entry_points(group=BENCH_GROUP):
         entry.load()(benches)
+
+
+def _register_backends(benches: argparse._SubParsersAction) -> None:
+    """Add the `backends` benchmark: the same queries on the local exact snapshot and on Milvus."""
+    backends = benches.add_parser(
+        "backends", help="local exact snapshot against Milvus (FLAT, HNSW, IVF_FLAT): build, open, memory, "
+                         "latency p50/p99, recall@10")
+    backends.add_argument("--sizes", required=True, type=positive_ints, help="gallery sizes, e.g. 100000,1000000")
+    backends.add_argument("--dim", type=positive_int, default=1024, help="embedding dimension (default 1024)")
+    backends.add_argument("--milvus-index", action="append", choices=INDEX_TYPES,
+                          help="Milvus index type; repeat for several (default: all)")
+    backends.add_argument("--milvus-uri", help="a Milvus server, e.g. http://milvus:19530, its token from "
+                                               "CHEXTRIEV_MILVUS_TOKEN (default: milvus-lite in this process)")
+    backends.add_argument("--work-dir", type=Path, help="where the temporary stores go (default: TMPDIR)")
+    backends.add_argument("--out", type=Path, required=True, help="JSON report, rewritten atomically after each case")
+    backends.add_argument("--repeats", type=positive_int, default=200, help="timed single queries per case")
+    backends.set_defaults(handler=_backends)
 
 
 def _register_peak_memory(benches: argparse._SubParsersAction) -> None:
@@ -101,6 +120,28 @@ def _search(args: argparse.Namespace) -> int:
     except SnapshotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from index_store.backend_bench import BackendBenchConfig, run_backend_benchmark  # imports pymilvus
+
+    token = Settings().milvus_token
+    config = BackendBenchConfig(sizes=args.sizes, out=args.out, dimension=args.dim,
+                                milvus_indexes=tuple(args.milvus_index or INDEX_TYPES), milvus_uri=args.milvus_uri,
+                                milvus_token=token.get_secret_value() if token is not None else "",
+                                work_dir=args.work_dir, repeats=args.repeats)
+    try:
+        report = run_backend_benchmark(config)
+    except SnapshotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for case in report["results"]:
+        print(f"{case['size']:>9} {case['backend']:>6} {case['factory']:>16}: build {case['build_seconds']} s, "
+              f"open {case['open_seconds']} s, {case['rss_delta_bytes'] / 2**20:.0f} MiB, p50 "
+              f"{case['latency_ms']['p50']} ms, p99 {case['latency_ms']['p99']} ms, "
+              f"recall@10 {case['recall_at_10']}")
     print(f"wrote {args.out}")
     return 0
 

@@ -23,12 +23,16 @@ from tests.deployment.dockerfile import read_dockerfile
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 GPU_OVERRIDE = REPO_ROOT / "docker" / "compose.gpu.yml"
+MILVUS_OVERRIDE = REPO_ROOT / "docker" / "compose.milvus.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 # The Compose Specification's schema, bundled (Apache-2.0, see NOTICE beside it).
 SCHEMA = json.loads((Path(__file__).parent / "compose-spec.json").read_text())
 IMAGE_DOCKER_DIR = "/opt/chextriev/docker/"
 SECRETS_MOUNT = "/run/secrets/"
-SECRET_VARIABLES = ("CHEXTRIEV_DATABASE_URL", "CHEXTRIEV_ADMIN_TOKEN", "CHEXTRIEV_PATIENT_SALT", "POSTGRES_PASSWORD")
+SECRET_VARIABLES = ("CHEXTRIEV_DATABASE_URL", "CHEXTRIEV_ADMIN_TOKEN", "CHEXTRIEV_PATIENT_SALT",
+                    "CHEXTRIEV_MILVUS_TOKEN", "POSTGRES_PASSWORD")
+# Secrets only some deployments have: the token of a Milvus with authentication.
+OPTIONAL_SECRET_FILES = {"CHEXTRIEV_MILVUS_TOKEN_FILE"}
 
 
 def load(path: Path) -> dict:
@@ -61,7 +65,7 @@ def entrypoint_secret_variables() -> set[str]:
     return set(listing.group(1).split())
 
 
-@pytest.mark.parametrize("path", [COMPOSE_FILE, GPU_OVERRIDE], ids=lambda path: path.name)
+@pytest.mark.parametrize("path", [COMPOSE_FILE, GPU_OVERRIDE, MILVUS_OVERRIDE], ids=lambda path: path.name)
 def test_compose_files_follow_the_compose_specification(path: Path):
     assert schema_errors(load(path)) == []
 
@@ -132,6 +136,34 @@ def test_the_gpu_override_moves_the_api_onto_the_cuda_image_and_a_gpu():
     assert not gpu_reserved(base["api"]) and base["api"]["build"]["args"]["VARIANT"] == "cpu"
 
 
+def test_the_milvus_profile_runs_milvus_standalone_after_a_healthy_etcd_and_minio():
+    document = load(COMPOSE_FILE)
+    services = document["services"]
+    for name in ("etcd", "minio", "milvus"):
+        service = services[name]
+        assert service["profiles"] == ["milvus"] and "ports" not in service, name
+        assert not service["healthcheck"].get("disable") and service["healthcheck"]["test"][0] == "CMD", name
+        assert all(volume.split(":")[0] in document["volumes"] for volume in service["volumes"]), name
+    milvus = services["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    assert {name: dependency["condition"] for name, dependency in milvus["depends_on"].items()} == {
+        "etcd": "service_healthy", "minio": "service_healthy"}
+    assert milvus["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert milvus["environment"]["MINIO_ADDRESS"] == "minio:9000"
+
+
+def test_the_milvus_override_points_the_api_and_the_trainer_at_the_healthy_milvus():
+    base, override = load(COMPOSE_FILE)["services"], load(MILVUS_OVERRIDE)["services"]
+    assert set(override) == {"api", "trainer"}
+    for name, service in override.items():
+        environment = service["environment"]
+        assert environment["CHEXTRIEV_INDEX_BACKEND"] == "milvus", name
+        assert environment["CHEXTRIEV_MILVUS_URI"] == "http://milvus:19530" and "milvus" in base, name
+        assert service["depends_on"]["milvus"]["condition"] == "service_healthy", name
+        assert Settings(index_backend=environment["CHEXTRIEV_INDEX_BACKEND"],
+                        milvus_uri=environment["CHEXTRIEV_MILVUS_URI"]).index_backend == "milvus"
+
+
 def test_secrets_reach_the_containers_only_as_files():
     document = load(COMPOSE_FILE)
     declared = document["secrets"]
@@ -147,13 +179,14 @@ def test_secrets_reach_the_containers_only_as_files():
                 assert variable.removesuffix("_FILE") in file_variables, f"nothing reads {variable}"
                 assert value.startswith(SECRETS_MOUNT) and secret in service["secrets"] and secret in declared
     api = document["services"]["api"]["environment"]
-    assert {f"{variable}_FILE" for variable in entrypoint_secret_variables()} <= set(api)
+    assert {f"{variable}_FILE" for variable in entrypoint_secret_variables()} - OPTIONAL_SECRET_FILES <= set(api)
 
 
 def test_env_example_documents_each_compose_variable_and_only_real_settings():
     assignments = re.findall(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M)
     documented = {name for _, name, _ in assignments}
-    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text() + GPU_OVERRIDE.read_text()))
+    compose_text = "".join(path.read_text() for path in (COMPOSE_FILE, GPU_OVERRIDE, MILVUS_OVERRIDE))
+    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", compose_text))
     assert interpolated <= documented
     scripts = "".join(path.read_text() for path in (REPO_ROOT / "docker").glob("*.sh"))
     fields = Settings.model_fields
@@ -164,8 +197,8 @@ def test_env_example_documents_each_compose_variable_and_only_real_settings():
             assert field in fields or name in scripts, f"{name} is neither a setting nor read by docker/"
         if commented and field in fields and value:
             assert value == str(fields[field].default), f"{name}: the default is {fields[field].default}"
-    compose_files = next(value for _, name, value in assignments if name == "COMPOSE_FILE")
-    assert all((REPO_ROOT / path).is_file() for path in compose_files.split(":"))
+    for compose_files in (value for _, name, value in assignments if name == "COMPOSE_FILE"):
+        assert all((REPO_ROOT / path).is_file() for path in compose_files.split(":"))
 
 
 def test_init_secrets_writes_each_compose_secret_once_and_consistently(tmp_path: Path):

@@ -10,6 +10,7 @@ import pytest
 
 from index_store.active import ActiveIndex, NoPreviousSnapshotError
 from index_store.errors import SnapshotIncompatibleError, SnapshotNotFoundError
+from index_store.local_backend import LocalBackend
 from index_store.search import QueryHits
 from index_store.snapshot import Snapshot
 from index_store.store import open_version
@@ -19,7 +20,7 @@ from tests.index_store.galleries import FINGERPRINT, make_gallery
 def test_activate_and_rollback(store: Path, publish) -> None:
     publish("v2")
     publish("v3", model_fingerprint="sha256:other-model")
-    active = ActiveIndex(store, expected_fingerprint=FINGERPRINT)
+    active = ActiveIndex(LocalBackend(store), expected_fingerprint=FINGERPRINT)
     with pytest.raises(SnapshotNotFoundError, match="no previous snapshot"):
         active.rollback()
     assert active.activate("v1").version == "v1" and active.previous_version is None
@@ -35,7 +36,7 @@ def test_activate_and_rollback(store: Path, publish) -> None:
 
 def test_a_replaced_snapshot_is_closed_when_its_last_lease_ends(store: Path, publish) -> None:
     publish("v2")
-    active = ActiveIndex(store)
+    active = ActiveIndex(LocalBackend(store))
     active.activate("v1")
     with active.lease() as old:
         active.activate("v2")
@@ -57,7 +58,7 @@ def test_searches_during_repeated_swaps_each_run_on_one_live_snapshot(store: Pat
         snapshot.close()
     assert expected["v1"][0].case_ids != expected["v2"][0].case_ids
 
-    active = ActiveIndex(store)
+    active = ActiveIndex(LocalBackend(store))
     active.activate("v1")
     errors: list[BaseException] = []
     served: dict[str, int] = {"v1": 0, "v2": 0}
@@ -108,7 +109,7 @@ def test_searches_during_repeated_swaps_each_run_on_one_live_snapshot(store: Pat
 
 def test_a_failed_commit_leaves_the_active_snapshot_serving(store: Path, publish) -> None:
     publish("v2")
-    active = ActiveIndex(store)
+    active = ActiveIndex(LocalBackend(store))
     active.activate("v1")
     opened: list[Snapshot] = []
 
@@ -127,7 +128,7 @@ def test_a_failed_commit_leaves_the_active_snapshot_serving(store: Path, publish
 
 def test_commit_sees_what_will_serve_and_what_a_rollback_returns_to(store: Path, publish) -> None:
     publish("v2")
-    active = ActiveIndex(store)
+    active = ActiveIndex(LocalBackend(store))
     committed: list[tuple[str, str | None]] = []
 
     def record(manifest, previous_version):
@@ -142,11 +143,11 @@ def test_commit_sees_what_will_serve_and_what_a_rollback_returns_to(store: Path,
 
 def test_restore_keeps_a_snapshot_activated_before_it(store: Path, publish) -> None:
     publish("v2")
-    active = ActiveIndex(store)
+    active = ActiveIndex(LocalBackend(store))
     active.activate("v2")
     assert active.restore("v1", None) is None
     assert (active.manifest.version, active.previous_version) == ("v2", None)
-    fresh = ActiveIndex(store)
+    fresh = ActiveIndex(LocalBackend(store))
     assert fresh.restore("v1", "v2").version == "v1"
     assert fresh.rollback().version == "v2"
 
@@ -155,7 +156,7 @@ def test_concurrent_rollbacks_take_turns(store: Path, publish) -> None:
     """Eight rollbacks at once between v1 and v2: each commit names the version it swaps in and the
     one it replaces, so the committed sequence alternates and ends where the index is."""
     publish("v2")
-    active = ActiveIndex(store)
+    active = ActiveIndex(LocalBackend(store))
     active.activate("v1")
     active.activate("v2")
     committed: list[tuple[str, str | None]] = []

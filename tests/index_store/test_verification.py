@@ -17,6 +17,7 @@ from index_store.errors import (
     SnapshotNotFoundError,
 )
 from index_store.files import file_digest
+from index_store.local_backend import LocalBackend
 from index_store.store import open_version
 from tests.index_store.galleries import DIMENSION, FINGERPRINT
 
@@ -122,7 +123,7 @@ def test_damaged_snapshot_is_refused_naming_the_file_and_the_good_one_stays(
     damage: str, store: Path, publish
 ) -> None:
     corrupt, error, file_name, why = DAMAGE[damage]
-    active = ActiveIndex(store, expected_fingerprint=FINGERPRINT, expected_dimension=DIMENSION)
+    active = ActiveIndex(LocalBackend(store), expected_fingerprint=FINGERPRINT, expected_dimension=DIMENSION)
     active.activate("v1")
     corrupt(publish("v2"))
     with pytest.raises(error, match=why) as raised:
@@ -159,7 +160,7 @@ def test_a_failed_canary_refuses_the_snapshot(store: Path) -> None:
 
 
 def test_activating_an_unknown_version_keeps_the_active_one(store: Path) -> None:
-    active = ActiveIndex(store)
+    active = ActiveIndex(LocalBackend(store))
     with pytest.raises(SnapshotNotFoundError, match="no index snapshot is active"):
         active.search(np.ones(DIMENSION, dtype=np.float32) / np.sqrt(DIMENSION), 1)
     active.activate("v1")

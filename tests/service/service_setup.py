@@ -125,19 +125,32 @@ def build_service_setup(root: Path) -> ServiceSetup:
     occlusion = occlusion_embeddings(embedder, *inputs[SALIENCY_CASE])
 
     ids = tuple(case.case_id for case in cases)
-    keys = tuple(patient_group_keys([patient_group(case.patient_id, case.case_id) for case in cases], SALT))
-    occluded = np.repeat(plain[:, None, :], NUM_REGIONS, axis=1)
-    occluded[ids.index(SALIENCY_CASE)] = occlusion.embeddings
     store = root / "index"
-    publish_gallery(store, GalleryData(plain, ids, keys), model_fingerprint=embedder.fingerprint,
-                    version=PLAIN_VERSION)
-    publish_gallery(store, GalleryData(plain, ids, keys, occluded), model_fingerprint=embedder.fingerprint,
-                    version=OCCLUDED_VERSION)
+    for version, with_occlusions in ((PLAIN_VERSION, False), (OCCLUDED_VERSION, True)):
+        publish_gallery(store, _gallery(cases, plain, occlusion, with_occlusions),
+                        model_fingerprint=embedder.fingerprint, version=version)
 
     database = root / "service.db"
     fill_database(f"sqlite:///{database}", cases, inputs)
     return ServiceSetup(root, checkpoint, store, image_root, database, embedder, cases, inputs,
                         dict(zip(ids, plain, strict=True)), occlusion)
+
+
+def service_gallery(setup: ServiceSetup, *, with_occlusions: bool) -> GalleryData:
+    """The gallery of snapshot "v1" (False) or "v2" (True), e.g. to publish it into another back end."""
+    plain = np.stack([setup.embeddings[case.case_id] for case in setup.cases])
+    return _gallery(setup.cases, plain, setup.saliency_occlusion, with_occlusions)
+
+
+def _gallery(cases: tuple[SampleCase, ...], plain: np.ndarray, occlusion: OcclusionResult,
+             with_occlusions: bool) -> GalleryData:
+    ids = tuple(case.case_id for case in cases)
+    keys = tuple(patient_group_keys([patient_group(case.patient_id, case.case_id) for case in cases], SALT))
+    if not with_occlusions:
+        return GalleryData(plain, ids, keys)
+    occluded = np.repeat(plain[:, None, :], NUM_REGIONS, axis=1)
+    occluded[ids.index(SALIENCY_CASE)] = occlusion.embeddings
+    return GalleryData(plain, ids, keys, occluded)
 
 
 def fill_database(url: str, cases: tuple[SampleCase, ...],

@@ -116,3 +116,49 @@ def test_bench_search_writes_its_report(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert [(r["size"], r["factory"]) for r in report["results"]] == [(300, "Flat"), (300, "HNSW8")]
     assert report["results"][0]["recall_at_10"] == 1.0
+
+
+def test_build_and_list_against_the_configured_milvus(tmp_path: Path, embeddings_file: Path, capsys,
+                                                       monkeypatch) -> None:
+    monkeypatch.setenv("CHEXTRIEV_INDEX_BACKEND", "milvus")
+    monkeypatch.setenv("CHEXTRIEV_MILVUS_URI", str(tmp_path / "milvus.db"))
+    monkeypatch.setenv("CHEXTRIEV_INDEX_STORE", str(tmp_path / "sidecars"))
+    build = ["index", "build", "--embeddings", str(embeddings_file), "--version", "v1"]
+    assert main(build + ["--factory", "HNSW"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert (built["version"], built["factory"], built["search_parameters"]) == ("v1", "milvus:HNSW", "ef=128")
+    assert main(["index", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(e["version"], e["count"], e["problem"]) for e in listed] == [("v1", 300, None)]
+    assert main(build) == 1
+    assert "already published" in capsys.readouterr().err
+    assert main(build + ["--backend", "milvus", "--out", str(tmp_path / "staged")]) == 2
+
+    staged = ["index", "build", "--embeddings", str(embeddings_file), "--out"]
+    assert main(staged + [str(tmp_path / "exact")]) == 0  # a local staging directory, whatever the back end
+    assert main(["index", "publish", "--snapshot", str(tmp_path / "exact"), "--as-version", "v2"]) == 0
+    published = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (published["version"], published["factory"], published["count"]) == ("v2", "milvus:FLAT", 300)
+    assert main(staged + [str(tmp_path / "ivf"), "--factory", "IVF4,Flat"]) == 0
+    assert main(["index", "publish", "--snapshot", str(tmp_path / "ivf")]) == 1
+    assert "only an exact (Flat) snapshot" in capsys.readouterr().err
+
+
+def test_bench_backends_compares_the_same_queries_on_both(tmp_path: Path) -> None:
+    out = tmp_path / "backends.json"
+    args = ["bench", "backends", "--sizes", "300", "--dim", "16", "--milvus-index", "FLAT", "--milvus-index",
+            "HNSW", "--out", str(out), "--repeats", "3", "--work-dir", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    results = [(r["backend"], r["factory"], r["recall_at_10"]) for r in report["results"]]
+    assert results[:2] == [("local", "Flat", 1.0), ("milvus", "milvus:FLAT", 1.0)]
+    assert results[2][:2] == ("milvus", "milvus:HNSW") and results[2][2] >= 0.9
+    for result in report["results"]:
+        assert result["build_seconds"] > 0 and result["latency_ms"]["p99"] >= result["latency_ms"]["p50"] > 0
+
+
+def test_an_unusable_setting_is_an_error_message_not_a_traceback(tmp_path: Path, embeddings_file: Path, capsys,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setenv("CHEXTRIEV_INDEX_BACKEND", "elasticsearch")
+    assert main(["index", "list", "--store", str(tmp_path)]) == 1
+    assert "CHEXTRIEV_INDEX_BACKEND" in capsys.readouterr().err
