@@ -91,11 +91,12 @@ def _welcome(build: DemoBuild, url: str) -> str:
     """What the demo serves and a search to try."""
     record = build.record
     steps = ", ".join(f"{step} {action}" for step, action in record["steps"].items())
-    command = ["curl", "-s", f"{url}/search", "-F", f"image=@{build.example_image}",
-               "-F", f"regions=<{build.example_regions}", "-F", "k=5"]
+    search = ["curl", "-s", f"{url}/search", "-F", f"image=@{build.example_image}", "-F", "k=5"]
+    with_regions = [*search, "-F", f"regions=<{build.example_regions}"]
     return (f"CheXtriev demo: {record['cases']} cases, index snapshot {record['snapshot_version']}, "
             f"model {record['checkpoint_fingerprint'][:12]} ({steps}; {record['seconds']} s)\n"
-            f"Serving {url} (API documentation: {url}/docs). Try a search:\n  {shlex.join(command)}")
+            f"Serving {url} (API documentation: {url}/docs). Try a search (the anatomy model finds the "
+            f"regions):\n  {shlex.join(search)}\nor with your own 18 region boxes:\n  {shlex.join(with_regions)}")
 
 
 def demo_settings(paths: DemoPaths, salt: str, record: dict[str, Any], **overrides: Any) -> Settings:
