@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from milvus_lite.server_manager import server_manager_instance
+from pymilvus.exceptions import MilvusException
 
 from index_store.active import ActiveIndex
 from index_store.errors import (
@@ -227,3 +228,32 @@ def test_abandoned_staging_collections_are_dropped_and_recent_ones_kept(milvus: 
     assert milvus.remove_abandoned_staging() == [old]
     assert recent in milvus.client.list_collections() and old not in milvus.client.list_collections()
     assert milvus.list_snapshots() == []  # staging collections are never listed
+
+
+class _RenameAnsweredAsFailed:
+    """The real client, whose rename is carried out and then reported as failed, as pymilvus's retry of
+    a rename that milvus-lite completed late reports it."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def rename_collection(self, old_name: str, new_name: str) -> None:
+        self._client.rename_collection(old_name, new_name)
+        raise MilvusException(message=f"('default', '{old_name}')")
+
+
+def test_a_rename_reported_as_failed_but_carried_out_publishes_the_version(
+        milvus: MilvusBackend, gallery: GalleryData) -> None:
+    real_client = milvus.client
+    milvus.client = _RenameAnsweredAsFailed(real_client)
+    manifest = milvus.publish_gallery(gallery, model_fingerprint=FINGERPRINT, version="v1")
+    milvus.client = real_client
+    snapshot = milvus.open_version("v1", expected_fingerprint=FINGERPRINT)
+    assert snapshot.manifest == manifest
+    hits = snapshot.search(gallery.embeddings[:1], 1)[0]
+    assert hits.case_ids[0] == gallery.case_ids[0]
+    snapshot.close()
+    assert [entry.version for entry in milvus.list_snapshots()] == ["v1"]
