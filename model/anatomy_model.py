@@ -26,7 +26,7 @@ from PIL import Image
 from model.anatomy import Box, validate_regions
 from model.errors import ChextrievError, RegionError
 from model.mask_components import largest_component
-from model.region_derivation import derive_regions
+from model.region_derivation import box_from_mask, derive_regions
 
 # The network's output channels, in order; the heart's box becomes the cardiac silhouette region.
 STRUCTURES = ("right lung", "left lung", "heart")
@@ -155,11 +155,10 @@ def _largest_part(name: str, probabilities: np.ndarray, width: int, height: int)
     part = largest_component(probabilities > PROBABILITY_THRESHOLD)
     if not part.any():
         return None
-    rows, columns = np.nonzero(part)
     size = probabilities.shape[0]
     scale_x, scale_y = width / size, height / size
-    box = (float(columns.min() * scale_x), float(rows.min() * scale_y),
-           float((columns.max() + 1) * scale_x), float((rows.max() + 1) * scale_y))
+    x1, y1, x2, y2 = box_from_mask(part)
+    box = (x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y)
     return FoundStructure(name=name, box=box, outline=_outline(part, scale_x, scale_y),
                           area_fraction=float(part.mean()), confidence=float(probabilities[part].mean()),
                           mask=part)

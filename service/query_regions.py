@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from model.anatomy import parse_regions, validate_regions
+from model.anatomy import Box, validate_regions
 from model.anatomy_model import AnatomyModel, AnatomyPrediction
 from model.imaging import DecodedImage
 
@@ -24,9 +25,9 @@ class QueryRegions:
     prediction: AnatomyPrediction | None = None
 
 
-def client_regions(regions_json: str, image: DecodedImage) -> QueryRegions:
-    """The client's boxes, parsed and checked against the image (RegionError naming each bad region)."""
-    return QueryRegions(validate_regions(parse_regions(regions_json), image.width, image.height), "client")
+def client_regions(boxes: Mapping[str, Box], image: DecodedImage) -> QueryRegions:
+    """The client's parsed boxes, checked against the image (RegionError naming each bad region)."""
+    return QueryRegions(validate_regions(boxes, image.width, image.height), "client")
 
 
 def model_regions(model: AnatomyModel, image: DecodedImage) -> QueryRegions:

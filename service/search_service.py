@@ -75,14 +75,14 @@ def upload_limits(state: ServiceState) -> ImageLimits:
 def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
     embedder, index = state.require_ready()
     batcher = state.batcher
-    if query.regions is not None:
-        parse_regions(query.regions)  # malformed boxes are refused before the image is decoded
+    # Malformed boxes are refused before the image is decoded.
+    sent_boxes = parse_regions(query.regions) if query.regions is not None else None
     exclusion = _exclusion(state, query.exclude_patient_id)
     with batcher.in_progress():
         with timer.phase("decode"):
             image = decode_query(query.image, upload_limits(state))
         with timer.phase("anatomy"):
-            regions = (client_regions(query.regions, image) if query.regions is not None
+            regions = (client_regions(sent_boxes, image) if sent_boxes is not None
                        else model_regions(state.anatomy, image))
         boxes = regions.boxes
         with timer.phase("embed"):

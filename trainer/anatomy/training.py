@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from model.anatomy import box_iou
 from model.anatomy_model import LUNGS, STRUCTURES
+from model.region_derivation import box_from_mask
 from trainer.anatomy.data import BOX, MASK, AnatomySample
 from trainer.anatomy.losses import anatomy_loss
 from trainer.anatomy.network import AnatomyNet
@@ -151,16 +152,11 @@ def expert_box(sample: AnatomySample, index: int) -> tuple[float, float, float, 
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     """The box of a mask's pixels as fractions of its side, None when empty."""
-    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    if not mask.any():
         return None
+    x1, y1, x2, y2 = box_from_mask(mask)
     size_y, size_x = mask.shape
-    return (columns[0] / size_x, rows[0] / size_y, (columns[-1] + 1) / size_x, (rows[-1] + 1) / size_y)
-
-
-def config_record(config: AnatomyTrainingConfig) -> dict:
-    """The settings as a JSON-ready dict."""
-    return asdict(config)
+    return (x1 / size_x, y1 / size_y, x2 / size_x, y2 / size_y)
 
 
 def _stack(samples: Sequence[AnatomySample]) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -13,6 +13,7 @@ metadata lists as trained or validated on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ from trainer.anatomy.data import (
 )
 from trainer.anatomy.evaluation import evaluate_anatomy, markdown_summary
 from trainer.anatomy.export import export_anatomy_model
-from trainer.anatomy.training import AnatomyTrainingConfig, config_record, train_anatomy
+from trainer.anatomy.training import AnatomyTrainingConfig, train_anatomy
 from trainer.commands.dataset_options import column_mapping
 from trainer.datasets.errors import DatasetError
 
@@ -108,7 +109,7 @@ def _train(args: argparse.Namespace, specs: list[ManifestSpec]) -> int:
     export_anatomy_model(result.network, config.size, args.out / MODEL_FILE, trained_structures=trained,
                          training_images=keys,
                          description=_description(counts, args.open_licences_only))
-    record = {"config": config_record(config), "datasets": counts, "negatives": len(negatives),
+    record = {"config": dataclasses.asdict(config), "datasets": counts, "negatives": len(negatives),
               "trained_structures": trained, "best_epoch": result.best_epoch,
               "best_val_median_lung_iou": result.best_val_iou, "history": result.history,
               "split_seed": args.split_seed, "split_fractions": fractions,
