@@ -17,6 +17,7 @@ from index_store.gallery import GalleryData, read_gallery_npz
 from index_store.local_backend import LocalBackend
 from index_store.manifest import MANIFEST_FILE, REGION_FILE
 from index_store.milvus_backend import MilvusBackend, MilvusConfig
+from index_store.region_bench import RegionBenchConfig, run_region_benchmark
 from index_store.search import Exclusion
 from index_store.store import open_version, publish_gallery
 from index_store.synthetic import region_centres, region_gallery
@@ -200,3 +201,30 @@ def test_milvus_refuses_a_damaged_region_sidecar(region_store, milvus: MilvusBac
     path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(SnapshotCorruptError, match=REGION_FILE):
         milvus.open_version("r2")
+
+
+def test_synthetic_image_vectors_are_the_normalised_mean_of_the_region_vectors() -> None:
+    image, nodes = region_gallery(region_centres(REGIONS, 8, DIMENSION, 0), 50, 0.8, 1)
+    np.testing.assert_allclose(np.linalg.norm(nodes, axis=-1), 1.0, atol=1e-5)
+    mean = nodes.mean(axis=1)
+    np.testing.assert_allclose(image, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_the_region_benchmark_measures_every_case_and_the_growth(tmp_path: Path) -> None:
+    out = tmp_path / "regions.json"
+    report = run_region_benchmark(RegionBenchConfig(
+        sizes=(300, 900), out=out, dimensions=(16,), regions_of_interest=(1, 3), shortlists=(50, 300),
+        region_count=REGIONS, work_dir=tmp_path, queries=8, repeats=3, clusters=4))
+    assert json.loads(out.read_text()) == report
+    modes = ["exact", "shortlist 50", "shortlist 300"]
+    assert [(r["size"], r["regions_of_interest"], r["mode"]) for r in report["results"]] == [
+        (size, count, mode) for size in (300, 900) for count in (1, 3) for mode in modes]
+    for result in report["results"]:
+        assert result["region_file_bytes"] > REGIONS * result["size"] * 16 * 4
+        assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+        assert result["recall_at_10"] == 1.0 if result["mode"] == "exact" else 0 <= result["recall_at_10"] <= 1
+    # A shortlist of the whole smallest gallery is the exact ranking.
+    assert all(r["recall_at_10"] == 1.0 for r in report["results"] if r["size"] == 300 and r["shortlist"] == 300)
+    assert len(report["growth"]) == 2 * len(modes)
+    assert all(np.isfinite(row["slope_log_latency_per_log_size"]) for row in report["growth"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["regions.json"]  # temporary snapshots removed
