@@ -34,7 +34,7 @@ from index_store.milvus_layout import (
     row_range_filter,
     search_parameters,
 )
-from index_store.region_search import RegionIndex, RegionVectors, open_region_vectors, require_region_index
+from index_store.region_search import RegionIndex, RegionSearching, RegionVectors, open_region_vectors
 from index_store.search import CaseRows, Exclusion, QueryHits, check_k, check_queries, per_query
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def milvus_errors(doing: str) -> Iterator[None]:
         raise IndexUnavailableError(f"Milvus failed while {doing}: {exc}") from exc
 
 
-class MilvusSnapshot:
+class MilvusSnapshot(RegionSearching):
     """A verified snapshot pinned to its concrete collection (never the alias), so a search that holds it
     keeps its version whatever is activated meanwhile. `close()` keeps the collection loaded: other
     replicas may serve it."""
@@ -77,26 +77,6 @@ class MilvusSnapshot:
     @property
     def has_occlusions(self) -> bool:
         return self._occlusion is not None
-
-    @property
-    def has_region_vectors(self) -> bool:
-        return self._regions is not None
-
-    def search_regions(
-        self,
-        query_nodes: np.ndarray,
-        regions: Sequence[int],
-        k: int,
-        exclusions: Exclusion | None = None,
-        *,
-        shortlist: int | None = None,
-        image_query: np.ndarray | None = None,
-    ) -> QueryHits:
-        """Region-level search on the sidecar's region vectors; the same contract as
-        index_store.snapshot.Snapshot.search_regions (a shortlist comes from this collection's search)."""
-        self._require_open()
-        return require_region_index(self._regions, self.version).search(
-            query_nodes, regions, k, exclusions, shortlist=shortlist, image_query=image_query)
 
     def search(
         self, queries: np.ndarray, k: int, exclusions: Exclusion | Sequence[Exclusion] | None = None
@@ -153,8 +133,7 @@ class MilvusSnapshot:
             self.closed = True
             if self._occlusion is not None:
                 self._occlusion.close()
-            if self._regions is not None:
-                self._regions.close()
+            self._close_regions()
         log.info("snapshot closed", extra={"version": self.version})
 
     def _row(self, case_id: str) -> int:

@@ -168,13 +168,41 @@ class RegionIndex:
         return np.asarray([self._case_rows.row(case_id) for case_id in hits.case_ids], dtype=np.int64)
 
 
-def require_region_index(index: RegionIndex | None, version: str) -> RegionIndex:
-    """`index`, or RegionSearchUnavailableError naming the snapshot `version` that has no region vectors."""
-    if index is None:
-        raise RegionSearchUnavailableError(
-            f"snapshot {version} holds no per-region vectors, so it cannot search by region: publish one "
-            "built from a gallery embeddings file with region_embeddings (chextriev embed writes them)")
-    return index
+class RegionSearching:
+    """Region-level search for a snapshot class (local and Milvus): it sets `_regions` (its RegionIndex, None
+    without region vectors) and has `version` and `_require_open()`."""
+
+    _regions: RegionIndex | None
+    version: str
+
+    @property
+    def has_region_vectors(self) -> bool:
+        """True when the snapshot holds every case's per-region vectors."""
+        return self._regions is not None
+
+    def search_regions(
+        self,
+        query_nodes: np.ndarray,
+        regions: Sequence[int],
+        k: int,
+        exclusions: Exclusion | None = None,
+        *,
+        shortlist: int | None = None,
+        image_query: np.ndarray | None = None,
+    ) -> QueryHits:
+        """Top-k cases by the mean over `regions` of the query's and the case's same-region inner products
+        (RegionIndex.search); RegionSearchUnavailableError naming the snapshot without region vectors."""
+        self._require_open()
+        if self._regions is None:
+            raise RegionSearchUnavailableError(
+                f"snapshot {self.version} holds no per-region vectors, so it cannot search by region: publish "
+                "one built from a gallery embeddings file with region_embeddings (chextriev embed writes them)")
+        return self._regions.search(query_nodes, regions, k, exclusions, shortlist=shortlist,
+                                    image_query=image_query)
+
+    def _close_regions(self) -> None:
+        if self._regions is not None:
+            self._regions.close()
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:

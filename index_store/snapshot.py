@@ -37,11 +37,11 @@ from index_store.manifest import (
 )
 from index_store.region_search import (
     RegionIndex,
+    RegionSearching,
     RegionVectors,
     open_region_vectors,
     read_region_embeddings,
     region_count,
-    require_region_index,
     write_region_file,
 )
 from index_store.search import (
@@ -139,8 +139,9 @@ def _choose_canary_rows(index: faiss.Index, embeddings: np.ndarray, factory: str
     return rows
 
 
-class Snapshot:
-    """A verified, loaded snapshot: search, per-case embeddings and occlusion embeddings; `close()` frees it."""
+class Snapshot(RegionSearching):
+    """A verified, loaded snapshot: search, region-level search, per-case embeddings and occlusion embeddings;
+    `close()` frees it."""
 
     def __init__(
         self,
@@ -200,27 +201,6 @@ class Snapshot:
             for scores, rows in found
         ]
 
-    @property
-    def has_region_vectors(self) -> bool:
-        """True when the snapshot holds every case's per-region vectors (region-level search)."""
-        return self._regions is not None
-
-    def search_regions(
-        self,
-        query_nodes: np.ndarray,
-        regions: Sequence[int],
-        k: int,
-        exclusions: Exclusion | None = None,
-        *,
-        shortlist: int | None = None,
-        image_query: np.ndarray | None = None,
-    ) -> QueryHits:
-        """Top-k cases by the mean over `regions` of the query's and the case's same-region inner products
-        (index_store.region_search.RegionIndex.search); RegionSearchUnavailableError without region vectors."""
-        self._require_open()
-        return require_region_index(self._regions, self.version).search(
-            query_nodes, regions, k, exclusions, shortlist=shortlist, image_query=image_query)
-
     def embedding(self, case_id: str) -> np.ndarray:
         """The gallery vector of `case_id` (D,) as the index stores it (exact for Flat, approximate for PQ codes)."""
         row = self._row(case_id)
@@ -246,8 +226,7 @@ class Snapshot:
             self._index = None
             if self._occlusion is not None:
                 self._occlusion.close()
-            if self._regions is not None:
-                self._regions.close()
+            self._close_regions()
         log.info("snapshot closed", extra={"version": self.version})
 
     def _require_open(self) -> None:
