@@ -1,21 +1,18 @@
 """`POST /search` with `regions_of_interest` on the built demo: results ranked by the region score (checked
-against the embedder and the snapshot's region file directly), patient exclusion, bad values refused
-with 422, and a snapshot without region vectors answered 422 `region-search-unavailable`."""
+against the embedder and the snapshot's region file directly), patient exclusion, and bad values refused
+with 422 (a snapshot without region vectors: tests/service/test_api.py)."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index_store.manifest import REGION_FILE
 from index_store.snapshot import read_gallery
-from index_store.store import publish_gallery
 from model.catalogue import REGION_INDEX
 from model.embedder import Embedder
 from model.imaging import decode_image
@@ -101,25 +98,6 @@ def test_bad_regions_of_interest_are_refused(client: TestClient, value: str, nam
     body = response.json()
     assert body["type"] == TYPE_PREFIX + "invalid-regions-of-interest"
     assert any(entry["field"] == "regions_of_interest" and named in entry["problem"] for entry in body["errors"])
-
-
-def test_a_snapshot_without_region_vectors_answers_422(demo, tmp_path: Path) -> None:
-    paths, record, salt = demo
-    gallery, manifest = read_gallery(paths.index_store / record["snapshot_version"])
-    store = tmp_path / "store"
-    publish_gallery(store, replace(gallery, region_embeddings=None), model_fingerprint=manifest.model_fingerprint,
-                    version="whole-image-only")
-    assert not (store / "whole-image-only" / REGION_FILE).exists()
-    settings = demo_settings(paths, salt, record, index_store=str(store), active_version="whole-image-only")
-    with TestClient(create_app(settings)) as plain:
-        _wait_until_ready(plain)
-        response = _search(plain, regions_of_interest=json.dumps(["right lung"]))
-        assert _search(plain).status_code == 200  # whole-image search still works
-    assert response.status_code == 422
-    body = response.json()
-    assert body["type"] == TYPE_PREFIX + "region-search-unavailable"
-    assert "whole-image-only" in body["detail"]
-    assert [entry["field"] for entry in body["errors"]] == ["regions_of_interest"]
 
 
 def _wait_until_ready(client: TestClient) -> None:
