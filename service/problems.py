@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index_store.errors import (
     IndexUnavailableError,
+    RegionSearchUnavailableError,
     SnapshotCorruptError,
     SnapshotError,
     SnapshotExistsError,
@@ -131,6 +132,9 @@ def problem_from_error(error: ChextrievError | SnapshotError) -> Problem:
     if isinstance(error, IndexUnavailableError):  # the back end's fault (Milvus down); details in the log
         logger.error("the index back end failed", extra={"problem": str(error)})
         return unavailable("index-unavailable", "the index back end cannot answer now; try again later")
+    if isinstance(error, RegionSearchUnavailableError):
+        return Problem(422, "region-search-unavailable", str(error), [
+            field_problem("regions_of_interest", "the active index snapshot has no per-region vectors")])
     if isinstance(error, RegionError):
         return Problem(422, "invalid-regions", str(error), [
             field_problem("regions", p.problem, region=p.region) for p in error.problems])

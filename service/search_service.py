@@ -10,9 +10,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from index_store.backend import ServingSnapshot
 from index_store.errors import SnapshotError
-from index_store.search import Exclusion
+from index_store.search import Exclusion, QueryHits
 from model.anatomy import parse_regions
+from model.embedder import Embeddings
 from model.errors import ChextrievError
 from model.imaging import DecodedImage, ImageLimits, decode_image
 from model.patient_keys import patient_hash
@@ -21,6 +23,7 @@ from service.db.session import session_scope
 from service.problems import Problem, field_problem, problem_from_error
 from service.query_cache import CachedQuery
 from service.query_regions import client_regions, model_regions
+from service.regions_of_interest import RegionsOfInterest, parse_regions_of_interest
 from service.schemas import SearchResponse, SearchResult, SearchTimings, region_entries
 from service.state import ServiceState
 from service.study_checks import check_searchable_study
@@ -32,12 +35,13 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SearchQuery:
     """One search request: the uploaded file's bytes, the regions JSON text (None: the anatomy model
-    places them), k, and whose cases to skip."""
+    places them), k, whose cases to skip, and the regions of interest JSON text (None: whole image)."""
 
     image: bytes
     regions: str | None
     k: int
     exclude_patient_id: str | None = None
+    regions_of_interest: str | None = None
 
 
 def run_search(state: ServiceState, query: SearchQuery) -> SearchResponse:
@@ -75,8 +79,10 @@ def upload_limits(state: ServiceState) -> ImageLimits:
 def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
     embedder, index = state.require_ready()
     batcher = state.batcher
-    # Malformed boxes are refused before the image is decoded.
+    # Malformed boxes and regions of interest are refused before the image is decoded.
     sent_boxes = parse_regions(query.regions) if query.regions is not None else None
+    interest = (parse_regions_of_interest(query.regions_of_interest)
+                if query.regions_of_interest is not None else None)
     exclusion = _exclusion(state, query.exclude_patient_id)
     with batcher.in_progress():
         with timer.phase("decode"):
@@ -92,7 +98,7 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
             raise Problem(422, "patient-exclusion-unavailable",
                           f"snapshot {snapshot.version} has no patient group keys to exclude by",
                           [field_problem("exclude_patient_id", "the active index cannot exclude by patient")])
-        hits = snapshot.search(embeddings.image, query.k, exclusion)[0]
+        hits = _ranked(state, snapshot, embeddings, query.k, exclusion, interest)
         warm_occlusions = not snapshot.has_occlusions
     with timer.phase("db"), session_scope(state.sessions) as session:
         cases = get_cases(session, hits.case_ids)
@@ -114,9 +120,21 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
     return SearchResponse(query_id=query_id, index_version=hits.index_version, model_version=embedder.fingerprint,
                           regions_source=regions.source, regions=region_entries(boxes),
                           anatomy_model_version=state.anatomy.fingerprint if regions.source == "model" else None,
+                          regions_of_interest=None if interest is None else list(interest.names),
                           results=results, timing_ms=SearchTimings(
                               decode=phases["decode"], anatomy=phases["anatomy"], embed=phases["embed"],
                               search=phases["search"], db=phases["db"], total=timer.total_ms()))
+
+
+def _ranked(state: ServiceState, snapshot: ServingSnapshot, embeddings: Embeddings, k: int,
+            exclusion: Exclusion | None, interest: RegionsOfInterest | None) -> QueryHits:
+    """The whole-image search, or with regions of interest the region-level search (exact, or re-ranking
+    the configured whole-image shortlist)."""
+    if interest is None:
+        return snapshot.search(embeddings.image, k, exclusion)[0]
+    return snapshot.search_regions(embeddings.nodes[0], interest.indices, k, exclusion,
+                                   shortlist=state.settings.region_search_shortlist,
+                                   image_query=embeddings.image[0])
 
 
 def _exclusion(state: ServiceState, patient_id: str | None) -> Exclusion | None:
