@@ -18,10 +18,12 @@ from trainer.training import train
 
 def test_in_memory_batches_hold_the_cache_rows(cache):
     rows = cache.indices("train")
-    dataset = CachedRegionFeatures(cache.region_features, cache.labels, np.zeros((cache.count, 18, 2)), rows)
+    dataset = CachedRegionFeatures(cache.region_features, cache.labels, np.zeros((cache.count, 18, 2)),
+                                   np.ones((cache.count, 18), dtype=bool), rows)
     batches = list(batch_loader(dataset, 3, shuffle=True))
     assert [len(batch[0]) for batch in batches] == [3, 3, 1]
-    features, labels, _, seen = (torch.cat(part) for part in zip(*batches))
+    features, labels, _, known, seen = (torch.cat(part) for part in zip(*batches))
+    assert known.all()
     assert sorted(seen.tolist()) == sorted(rows.tolist())
     assert features.dtype == torch.float16
     assert np.array_equal(features.numpy(), cache.region_features[seen.numpy()])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +31,14 @@ from trainer.datasets.records import Dataset, ImageRecord
 from trainer.demo.samples import sample_case_input
 from trainer.evaluation.classification_metrics import macro_roc_auc
 from trainer.feature_cache import FeatureCache, extract_features
-from trainer.training import IMAGE_NODE_TARGETS, REGION_NODE_TARGETS, TrainingConfig, TrainingError, train
+from trainer.training import (
+    IMAGE_NODE_TARGETS,
+    REGION_NODE_TARGETS,
+    TrainingConfig,
+    TrainingError,
+    effective_batch,
+    train,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = {"width": 32, "num_heads": 2, "head_dim": 8, "ff_dim": 64}
@@ -163,18 +171,46 @@ def test_early_stopping_after_patience_evaluations_without_improvement(cache, tm
     assert waits.index(2) == len(losses) - 1  # stopped at the first second evaluation in a row without improvement
 
 
-def test_defaults_give_the_papers_effective_batch_on_one_device_and_a_schedule_that_can_act(capsys):
-    defaults = TrainingConfig()
-    assert defaults.batch_size * defaults.accumulate_grad_batches == 256
+def test_the_paper_preset_gives_its_effective_batch_on_one_device_and_a_schedule_that_can_act(capsys):
+    paper = TrainingConfig.preset("paper")
+    assert paper == TrainingConfig() and paper.batch_size * paper.accumulate_grad_batches == 256
     # ReduceLROnPlateau lowers the rate at the (lr_patience + 1)-th evaluation without improvement,
     # early stopping ends the run at the patience-th: the first must come first.
-    assert defaults.lr_patience + 1 < defaults.patience
+    assert paper.lr_patience + 1 < paper.patience
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "default 16: 16 x 16 = 256 images per optimiser step on one device" in help_text
+    assert "default 16 (paper), 1 (small-data): the paper's 16 x 16 = 256 images per optimiser step" in help_text
     assert "no BatchNorm" in help_text
-    assert "default 2: the learning rate drops after 3 validations without improvement" in help_text
+    assert "default small-data" in help_text
+
+
+def test_the_effective_batch_is_cut_to_a_share_of_a_small_training_set():
+    small = TrainingConfig.preset("small-data")
+    assert effective_batch(small, 10_000) == (32, 1)
+    assert effective_batch(small, 60) == (15, 1)  # a quarter of 60
+    assert effective_batch(TrainingConfig.preset("paper"), 170) == (16, 10)  # never cut: fraction 1
+    assert effective_batch(TrainingConfig.preset("paper", max_batch_fraction=0.25), 170) == (16, 2)
+
+
+def test_a_plateau_schedule_cannot_be_stepped_between_epochs():
+    with pytest.raises(ValueError, match="plateau schedule steps once per epoch"):
+        TrainingConfig(validation_interval=3)
+    with pytest.raises(ValueError, match="unknown training preset"):
+        TrainingConfig.preset("huge")
+
+
+def test_small_data_validates_every_few_steps_with_a_cosine_schedule(cache, tmp_path):
+    training = TrainingConfig.preset("small-data", batch_size=2, max_epochs=3, patience=50, accelerator="cpu",
+                                     devices=1)
+    result = train(cache, _config(cache), training, tmp_path)
+    # 7 training images, at most a quarter a step: steps of 1 image, 7 an epoch, 21 in all, validated every 5
+    assert result.effective_batch == 1 and result.steps_run == 21
+    assert [record.step for record in result.history] == [5, 10, 15, 20]
+    lrs = [record.lr for record in result.history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.1 * training.lr  # cosine decay towards 0
+    report = read_checkpoint_info(result.checkpoint_dir).metadata
+    assert report["best_step"] == result.best.step and report["effective_batch"] == 1
 
 
 def test_with_the_default_patiences_the_learning_rate_drops_before_early_stopping(cache, tmp_path):
@@ -276,8 +312,11 @@ def test_command_line_trains_and_reports(cache_dir, tmp_path, capsys):
     captured = capsys.readouterr()
     summary = json.loads(captured.out)  # stdout holds only the summary; progress goes to stderr
     logs = _json_logs(captured.err)
-    assert [entry["epoch"] for entry in logs if entry["message"] == "epoch finished"] == [0]
-    assert summary["epochs_run"] == 1 and summary["world_size"] == 1
+    # The default small-data preset: steps of a quarter of the 7 training images (1), validated every 5 steps.
+    assert [entry["step"] for entry in logs if entry["message"] == "validation finished"] == [5]
+    assert summary["epochs_run"] == 1 and summary["world_size"] == 1 and summary["effective_batch"] == 1
+    assert json.loads((tmp_path / "training.json").read_text())["history"] == summary["history"]
+    assert Image.open(tmp_path / "training_curves.png").size[0] >= 400
     assert read_checkpoint_info(summary["checkpoint_dir"]).model_config.variant == "V4"
     # The cache holds image labels only: the summary and a warning say what the nodes were trained on.
     assert summary["node_supervision_targets"] == IMAGE_NODE_TARGETS
@@ -290,7 +329,7 @@ def test_command_line_trains_and_reports(cache_dir, tmp_path, capsys):
 def test_ddp_on_two_cpu_processes_under_torchrun(cache_dir, cache, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "service.cli", "train", "--features", str(cache_dir), "--out", str(tmp_path), *TINY_OPTIONS,
-               "--epochs", "2", "--batch-size", "2", "--accumulate", "1",
+               "--preset", "paper", "--epochs", "2", "--batch-size", "2", "--accumulate", "1",
                "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -303,7 +342,7 @@ def test_ddp_on_two_cpu_processes_under_torchrun(cache_dir, cache, tmp_path):
                       if entry["message"] == "rank finished training")
     assert finished == [(0, 2), (1, 2)]  # both ranks trained, each on half of the batches
     assert [entry["global_rank"] for entry in logs if entry["message"] == "checkpoint written"] == [0]
-    assert len([entry for entry in logs if entry["message"] == "epoch finished"]) == 2  # logged by rank 0 only
+    assert len([entry for entry in logs if entry["message"] == "validation finished"]) == 2  # by rank 0 only
     assert len(completed.stdout.strip().splitlines()) == 1  # one JSON summary, from rank 0
     assert any(entry["logger"].startswith("lightning") for entry in logs)  # Lightning's messages as JSON,
     assert "INFO: " not in completed.stderr  # not a second time through its own console handler
