@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.errors import ChextrievError
 from model.precision import DTYPES, RUNTIMES, check_device_name
 from model.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from model.saliency_scale import DEFAULT_NOISE_FLOOR, DEFAULT_SCALE_MAX, SaliencyScale
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ class Settings(BaseSettings):
     # `occlusion_warm_results` results computed in the background while no search runs (0: none).
     occlusion_cache_size: int = Field(default=256, gt=0)
     occlusion_warm_results: int = Field(default=3, ge=0)
+    # Saliency (model.saliency.SaliencyScale): a region stands out when its similarity drop exceeds the
+    # noise floor (measured by `chextriev bench saliency-noise`); drops are drawn on a fixed scale from 0
+    # to `saliency_scale_max`.
+    saliency_noise_floor: float = Field(default=DEFAULT_NOISE_FLOOR, ge=0, le=2)
+    saliency_scale_max: float = Field(default=DEFAULT_SCALE_MAX, gt=0, le=2)
     admin_token: SecretStr | None = None
     query_ttl_seconds: int = 900
     query_cache_size: int = 256
@@ -92,6 +98,18 @@ class Settings(BaseSettings):
             return check_device_name(value)
         except ChextrievError as error:
             raise ValueError(str(error)) from None
+
+    @model_validator(mode="after")
+    def _floor_below_scale(self) -> Settings:
+        if self.saliency_noise_floor >= self.saliency_scale_max:
+            raise ValueError(f"saliency_noise_floor ({self.saliency_noise_floor}) must be below "
+                             f"saliency_scale_max ({self.saliency_scale_max})")
+        return self
+
+    @property
+    def saliency_scale(self) -> SaliencyScale:
+        """The noise floor and colour scale of saliency answers."""
+        return SaliencyScale(self.saliency_noise_floor, self.saliency_scale_max)
 
     @field_validator("dtype")
     @classmethod
