@@ -30,7 +30,9 @@ def find_regions(state: ServiceState, upload: bytes) -> RegionsResponse:
                                                    total=timer.total_ms()))
 
 
-def upload_preview(state: ServiceState, upload: bytes) -> bytes:
+def upload_preview(state: ServiceState, upload: bytes) -> tuple[bytes, int, int]:
     """The uploaded radiograph as an 8-bit grey PNG, its longer side at most PREVIEW_MAX_SIDE pixels,
-    decoded and checked as a search would (so a file a search refuses is refused here too)."""
-    return grey_png(decode_query(upload, upload_limits(state)).pixels, PREVIEW_MAX_SIDE)
+    decoded and checked as a search would (so a file a search refuses is refused here too); and the
+    upload's own width and height, the space of its region boxes."""
+    image = decode_query(upload, upload_limits(state))
+    return grey_png(image.pixels, PREVIEW_MAX_SIDE), image.width, image.height

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.errors import ChextrievError
@@ -99,12 +99,14 @@ class Settings(BaseSettings):
         except ChextrievError as error:
             raise ValueError(str(error)) from None
 
-    @model_validator(mode="after")
-    def _floor_below_scale(self) -> Settings:
-        if self.saliency_noise_floor >= self.saliency_scale_max:
-            raise ValueError(f"saliency_noise_floor ({self.saliency_noise_floor}) must be below "
-                             f"saliency_scale_max ({self.saliency_scale_max})")
-        return self
+    @field_validator("saliency_scale_max")
+    @classmethod
+    def _scale_above_floor(cls, value: float, info: ValidationInfo) -> float:
+        floor = info.data.get("saliency_noise_floor")
+        if floor is not None and value <= floor:
+            raise ValueError(f"the scale's top ({value}) must be above the noise floor "
+                             f"CHEXTRIEV_SALIENCY_NOISE_FLOOR ({floor})")
+        return value
 
     @property
     def saliency_scale(self) -> SaliencyScale:

@@ -34,7 +34,9 @@ async def preview(
     image: Annotated[UploadFile, File(description="DICOM Part 10, PNG (8 or 16 bit) or JPEG")],
 ) -> Response:
     """The radiograph as an 8-bit grey PNG (longer side at most 1024 pixels), decoded as a search decodes it:
-    for showing a DICOM, which a browser cannot decode. Nothing is kept."""
+    for showing a DICOM, which a browser cannot decode. The headers X-Image-Width and X-Image-Height give
+    the upload's own size (the space of its region boxes). Nothing is kept."""
     data = await read_within(image, state.settings.max_upload_bytes)
-    png = await run_in_threadpool(upload_preview, state, data)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+    png, width, height = await run_in_threadpool(upload_preview, state, data)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store",
+                                                          "X-Image-Width": str(width), "X-Image-Height": str(height)})

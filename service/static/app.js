@@ -101,7 +101,10 @@ async function loadFile(file) {
   say(`Reading ${file.name}…`);
   let preview;
   try {
-    preview = await (await api("/preview", { method: "POST", body: uploadForm() })).blob();
+    const response = await api("/preview", { method: "POST", body: uploadForm() });
+    state.width = Number(response.headers.get("X-Image-Width"));
+    state.height = Number(response.headers.get("X-Image-Height"));
+    preview = await response.blob();
   } catch (error) {
     state.file = null;
     showError(`${file.name} cannot be used`, error);
@@ -118,25 +121,13 @@ async function loadFile(file) {
   say(`Finding the regions in ${file.name}…`);
   try {
     const found = await (await api("/regions", { method: "POST", body: uploadForm() })).json();
-    state.width = found.width;
-    state.height = found.height;
     setBoxes(found.regions, false);
     $("boxes-source").textContent = "Regions found by the anatomy model.";
     say(`${file.name}: ${found.width} × ${found.height} pixels, 18 regions found. Check them, then search.`);
   } catch (error) {
-    const size = await imageSize(image);
-    state.width = size.width;
-    state.height = size.height;
     setBoxes([], false);
     showError("The regions could not be found; load a boxes file to search", error);
   }
-}
-
-function imageSize(image) {
-  return new Promise((resolve) => {
-    const done = () => resolve({ width: image.naturalWidth, height: image.naturalHeight });
-    if (image.complete && image.naturalWidth) done(); else image.addEventListener("load", done, { once: true });
-  });
 }
 
 function setBoxes(regions, send) {

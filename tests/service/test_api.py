@@ -532,7 +532,8 @@ def test_saliency_below_a_configured_floor_says_no_region_stands_out(service_set
         assert body["stands_out"] is False and body["noise_floor"] == pytest.approx(largest + 0.001)
         assert not any(r["stands_out"] for r in body["regions"]) and all(r["importance"] == 0 for r in body["regions"])
         png = service.get("/saliency", params={**params, "format": "png"}).content
-        picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)[: pixels.shape[0]]
+        height = service_setup.inputs[SALIENCY_CASE][0].shape[0]
+        picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)[:height]
         assert np.abs(picture[..., 0] - picture[..., 2]).max() == 0  # the radiograph alone, grey
 
 
@@ -622,6 +623,11 @@ def test_preview_shows_a_dicom_as_a_png_and_refuses_what_a_search_refuses(client
     preview = np.asarray(Image.open(io.BytesIO(response.content)))
     assert preview.shape == pixels.shape  # at most 1024 pixels on the longer side: this one is smaller
     assert np.abs(preview / 255.0 - pixels).max() < 2 / 255
+    assert (int(response.headers["x-image-width"]), int(response.headers["x-image-height"])) == pixels.shape[::-1]
+    large = np.kron(pixels, np.ones((3, 3), dtype=pixels.dtype))  # longer side above 1024: scaled down
+    scaled = client.post("/preview", files={"image": ("large.png", png_bytes(large), "image/png")})
+    assert max(Image.open(io.BytesIO(scaled.content)).size) == 1024
+    assert (int(scaled.headers["x-image-width"]), int(scaled.headers["x-image-height"])) == large.shape[::-1]
     refused = client.post("/preview", files={"image": ("notes.png", b"not an image at all", "image/png")})
     assert "not a DICOM, PNG or JPEG" in assert_problem(refused, 415, "image")["detail"]
 

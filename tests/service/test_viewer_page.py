@@ -7,6 +7,7 @@ installed; `.ci/run` installs it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -294,3 +295,36 @@ def test_keyboard_alone_reaches_and_opens_the_results(page: webdriver.Chrome, di
     wait_for(page, lambda: saliency_shown(page), "the saliency view")
     assert page.switch_to.active_element.get_attribute("id") == "detail-panel"
     screenshot(page, "viewer-keyboard")
+
+
+def test_start_from_a_gallery_case_with_its_scene_graph_boxes(page: webdriver.Chrome, demo_server: Server,
+                                                              tmp_path: Path):
+    page.find_element(By.CSS_SELECTOR, "#gallery summary").click()
+    wait_for(page, lambda: len(page.find_elements(By.CSS_SELECTOR, "#gallery-list button")) > 1, "the gallery")
+    choice = page.find_elements(By.CSS_SELECTOR, "#gallery-list button")[1]
+    case_id = choice.text.strip()
+    choice.click()
+    wait_for(page, lambda: len(query_boxes(page)) == 18 and "18 regions found" in status_text(page),
+             "the chosen case's regions")
+    alt = page.find_element(By.ID, "query-image").get_attribute("alt")
+    assert alt.startswith(f"The query radiograph {case_id}.png")
+
+    stored = httpx.get(f"{demo_server.base_url}/cases/{case_id}").json()["regions"]
+    corners = ("original_x1", "original_y1", "original_x2", "original_y2")
+    graph = {"image_id": case_id, "objects": [{"bbox_name": region["name"], **dict(zip(corners, region["box"]))}
+                                              for region in stored] + [{"bbox_name": "left clavicle", **dict(
+                                                  zip(corners, (0, 0, 10, 10)))}]}
+    scene_graph = tmp_path / "scene_graph.json"
+    scene_graph.write_text(json.dumps(graph))
+    page.find_element(By.ID, "boxes-input").send_keys(str(scene_graph))
+    wait_for(page, lambda: "read from scene_graph.json" in page.find_element(By.ID, "boxes-source").text,
+             "the boxes of the scene graph")
+    shown = {box_label(box).split(":")[0]: box_label(box) for box in query_boxes(page)}
+    assert len(shown) == 18  # the scene graph's object outside the 18 regions is left out
+    x1, y1, x2, y2 = (round(value) for value in stored[0]["box"])
+    assert shown[stored[0]["name"]].startswith(f"{stored[0]['name']}: x {x1} to {x2}, y {y1} to {y2}")
+
+    page.find_element(By.ID, "search-button").click()
+    wait_for(page, lambda: len(results(page)) == 5, "5 results")
+    assert "the boxes sent" in page.find_element(By.ID, "search-summary").text
+    assert results(page)[0].text.startswith(f"1. {case_id}")  # the case itself, with its own boxes

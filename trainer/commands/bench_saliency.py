@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from model.errors import ChextrievError
@@ -35,27 +36,32 @@ def _common_arguments(parser: argparse.ArgumentParser, *, default_cases: int, wh
 
 def run(args: argparse.Namespace) -> int:
     """Run the timing benchmark and print its figures."""
-    try:
-        report = run_saliency_bench(SaliencyBenchConfig(args.checkpoint, args.out, args.cases))
-    except ChextrievError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"from scratch p50 {report['baseline']['p50_ms']} ms, on demand p50 {report['on_demand']['p50_ms']} ms "
-          f"({report['p50_ratio']}x), max difference {report['max_abs_difference']}")
-    print(f"wrote {args.out}")
-    return 0
+    return _run_and_print(lambda: run_saliency_bench(SaliencyBenchConfig(args.checkpoint, args.out, args.cases)),
+                          lambda report: f"from scratch p50 {report['baseline']['p50_ms']} ms, on demand p50 "
+                                         f"{report['on_demand']['p50_ms']} ms ({report['p50_ratio']}x), "
+                                         f"max difference {report['max_abs_difference']}", args.out)
 
 
 def run_noise(args: argparse.Namespace) -> int:
     """Run the noise measurement and print the floor it suggests."""
+    return _run_and_print(lambda: run_saliency_noise(SaliencyNoiseConfig(args.checkpoint, args.out, args.cases)),
+                          _noise_summary, args.out)
+
+
+def _noise_summary(report: dict) -> str:
+    change = report["drop_change_all"]
+    return (f"{report['pairs']} pairs: drops change by p50 {change['abs_p50']}, p99 {change['abs_p99']}, "
+            f"max {change['abs_max']}; drops themselves p99 {report['drops']['abs_p99']}; "
+            f"suggested noise floor {report['suggested_noise_floor']} (default {report['default_noise_floor']})")
+
+
+def _run_and_print(benchmark: Callable[[], dict], summary: Callable[[dict], str], out: Path) -> int:
+    """Run `benchmark`; print its summary and where its report went (0), or the error (1)."""
     try:
-        report = run_saliency_noise(SaliencyNoiseConfig(args.checkpoint, args.out, args.cases))
+        report = benchmark()
     except ChextrievError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    change = report["drop_change_all"]
-    print(f"{report['pairs']} pairs: drops change by p50 {change['abs_p50']}, p99 {change['abs_p99']}, "
-          f"max {change['abs_max']}; drops themselves p99 {report['drops']['abs_p99']}; "
-          f"suggested noise floor {report['suggested_noise_floor']} (default {report['default_noise_floor']})")
-    print(f"wrote {args.out}")
+    print(summary(report))
+    print(f"wrote {out}")
     return 0
