@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # `occlusion_warm_results` results computed in the background while no search runs (0: none).
     occlusion_cache_size: int = Field(default=256, gt=0)
     occlusion_warm_results: int = Field(default=3, ge=0)
-    # Saliency (model.saliency.SaliencyScale): a region stands out when its similarity drop exceeds the
+    # Saliency (model.saliency_scale.SaliencyScale): a region stands out when its similarity drop exceeds the
     # noise floor (measured by `chextriev bench saliency-noise`); drops are drawn on a fixed scale from 0
     # to `saliency_scale_max`.
     saliency_noise_floor: float = Field(default=DEFAULT_NOISE_FLOOR, ge=0, le=2)
