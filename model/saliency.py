@@ -21,6 +21,11 @@ on the 18 occluded feature sets (plus the plain one). With the regions derived f
 radiographs that is about 110 crops instead of the 18 x 18 = 324 of re-embedding each occluded image
 from scratch. Only the crop with the box at fill 0 is resampled: the crop is affine in the fill, and
 its slope, the crop of the box's indicator image, is separable (model.crops.span_coverage).
+
+Honesty. A drop is reported as it is, on a fixed scale (SaliencyScale: 0 to `scale_max` similarity),
+never divided by the pair's largest drop, so a pair whose drops are all noise does not look like a
+confident explanation. A drop stands out only above the noise floor (model.saliency_scale); below it,
+a region does not stand out and its importance is 0.
 """
 
 from __future__ import annotations
@@ -39,11 +44,10 @@ from model.crops import crop_regions, span_coverage
 from model.embedder import Embedder
 from model.errors import ImageError, RegionError, RegionProblem
 from model.preprocessing import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from model.saliency_scale import SaliencyScale
 
 logger = logging.getLogger(__name__)
 
-# Similarity drops below this (float noise of the network) count as no drop at all.
-DROP_FLOOR = 1e-6
 # Crops per backbone pass of a computation that yields between passes: a search waits at most one
 # (about 70 ms with EfficientNet-Lite0 on two CPU cores).
 YIELDING_PASS_CROPS = 4
@@ -67,14 +71,21 @@ class SaliencyResult:
     names: tuple[str, ...]
     boxes: np.ndarray  # (18, 4) the retrieved image's boxes [x1, y1, x2, y2]
     similarity_drop: np.ndarray  # (18,) similarity - similarity with the region blanked
-    importance: np.ndarray  # (18,) drops clipped at 0 and divided by the largest; all 0 when none drops
+    stands_out: np.ndarray  # (18,) bool: the drop is above the noise floor
+    importance: np.ndarray  # (18,) the drop / the scale's top, clipped to [0, 1]; 0 where it does not stand out
+    scale: SaliencyScale
+
+    @property
+    def any_stands_out(self) -> bool:
+        """Whether at least one region's drop is above the noise floor."""
+        return bool(self.stands_out.any())
 
     def rows(self) -> list[dict]:
-        """One JSON-ready dict per region: name, box, similarity_drop, importance."""
+        """One JSON-ready dict per region: name, box, similarity_drop, importance, stands_out."""
         return [{"name": name, "box": [float(v) for v in box], "similarity_drop": float(drop),
-                 "importance": float(weight)}
-                for name, box, drop, weight in zip(self.names, self.boxes, self.similarity_drop,
-                                                   self.importance)]
+                 "importance": float(weight), "stands_out": bool(standing)}
+                for name, box, drop, weight, standing in zip(self.names, self.boxes, self.similarity_drop,
+                                                             self.importance, self.stands_out)]
 
 
 def box_pixel_spans(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -150,12 +161,14 @@ def occlusion_embeddings(embedder: Embedder, pixels: np.ndarray, boxes: np.ndarr
 
 
 def region_saliency(query_embedding: np.ndarray, retrieved_embedding: np.ndarray,
-                    occluded: np.ndarray, boxes: np.ndarray) -> SaliencyResult:
-    """Similarity drop per region when it is blanked in the retrieved image, and its importance.
+                    occluded: np.ndarray, boxes: np.ndarray, scale: SaliencyScale | None = None) -> SaliencyResult:
+    """Similarity drop per region when it is blanked in the retrieved image, whether it stands out
+    above `scale`'s noise floor, and its importance on `scale` (default: SaliencyScale()).
 
     `query_embedding` and `retrieved_embedding` are (D,) L2-normalised, `occluded` (18, D) the
     retrieved image's occlusion embeddings, `boxes` its (18, 4) region boxes.
     """
+    scale = scale or SaliencyScale()
     query = np.asarray(query_embedding, dtype=np.float64)
     retrieved = np.asarray(retrieved_embedding, dtype=np.float64)
     occluded = np.asarray(occluded, dtype=np.float64)
@@ -167,19 +180,17 @@ def region_saliency(query_embedding: np.ndarray, retrieved_embedding: np.ndarray
             f"region_saliency needs query (D,), retrieved (D,), occluded ({NUM_REGIONS}, D) and boxes "
             f"({NUM_REGIONS}, 4); got {query.shape}, {retrieved.shape}, {occluded.shape}, {boxes.shape}")
     similarity = float(query @ retrieved)
-    drops = similarity - occluded @ query
-    positive = np.where(drops > DROP_FLOOR, drops, 0.0)
-    largest = positive.max()
-    importance = positive / largest if largest > 0 else positive
-    return SaliencyResult(similarity=similarity, names=REGION_NAMES, boxes=boxes,
-                          similarity_drop=drops.astype(np.float32), importance=importance.astype(np.float32))
+    drops = (similarity - occluded @ query).astype(np.float32)
+    stands_out = drops > scale.noise_floor
+    importance = np.where(stands_out, np.clip(drops / scale.scale_max, 0.0, 1.0), 0.0)
+    return SaliencyResult(similarity=similarity, names=REGION_NAMES, boxes=boxes, similarity_drop=drops,
+                          stands_out=stands_out, importance=importance.astype(np.float32), scale=scale)
 
 
-def top_regions(importance: np.ndarray, count: int = 3) -> list[int]:
-    """Indices of the `count` most important regions with importance above 0, most important first."""
-    importance = np.asarray(importance)
-    order = np.argsort(-importance, kind="stable")
-    return [int(r) for r in order[:count] if importance[r] > 0]
+def top_regions(saliency: SaliencyResult, count: int = 3) -> list[int]:
+    """Indices of at most `count` regions that stand out, the largest drop first."""
+    order = np.argsort(-saliency.similarity_drop, kind="stable")
+    return [int(r) for r in order[:count] if saliency.stands_out[r]]
 
 
 def _occluded_crops(grey: Tensor, boxes: Tensor, span: np.ndarray) -> Tensor:

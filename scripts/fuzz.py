@@ -66,10 +66,10 @@ READY_TIMEOUT_SECONDS = 120
 # The checks that compare an answer with the document; the others judge the behaviour.
 SCHEMA_CHECKS = frozenset({"status_code_conformance", "content_type_conformance",
                            "response_schema_conformance", "response_headers_conformance"})
-# What POST /search and POST /regions answer to schema-valid bytes that are no radiograph (or no chest),
-# or regions that are no boxes.
+# What POST /search, /regions and /preview answer to schema-valid bytes that are no radiograph (or no
+# chest), or regions that are no boxes.
 SEARCH_REFUSALS = ("413", "415", "422")
-UPLOAD_PATHS = ("/search", "/regions")
+UPLOAD_PATHS = ("/search", "/regions", "/preview")
 TARGETED_PHASE = "targeted"
 FAILURE_DETAILS_KEPT = 50
 DISTINCT_FAILURE_KEYS = ("backend", "token", "operation", "phase", "check", "status")
@@ -128,8 +128,8 @@ class Tally:
 
 def fuzz_config(headers: dict[str, str], max_examples: int) -> schemathesis.Config:
     """Every schemathesis check, deterministic generation of valid and invalid data (failures kept as
-    found, not shrunk), `headers` on every request; POST /search may refuse schema-valid bytes that
-    are no radiograph, and POST /regions those that hold no chest.
+    found, not shrunk), `headers` on every request; POST /search and POST /preview may refuse
+    schema-valid bytes that are no radiograph, and POST /regions those that hold no chest.
 
     The stateful phase is off: its links start from the cases a search returns, and no generated
     upload is a radiograph, so it would only spend the budget on GET /cases/{case_id} 404s."""
@@ -201,7 +201,8 @@ def engine_exchanges(schema: Any, errors: list[str]) -> Iterator[Exchange]:
 def targeted_exchanges(schema: Any, setup: ServiceSetup, headers: dict[str, str]) -> Iterator[Exchange]:
     """Valid requests generated data never makes: a search with a real radiograph and its boxes, the
     regions of that radiograph and a search without boxes, the saliency of a gallery case for the
-    first search as JSON and PNG, a case, its thumbnail (then 304 for its ETag),
+    first search as JSON and PNG, the preview of the radiograph, a case, its whole image, its thumbnail
+    (then 304 for its ETag),
     the index listing, an activation and a rollback; then the refusals of `found_refusals`."""
     pixels, boxes = setup.inputs[QUERY_CASE]
     exchange, response = _call(schema["/search"]["POST"].Case(
@@ -210,6 +211,8 @@ def targeted_exchanges(schema: Any, setup: ServiceSetup, headers: dict[str, str]
     yield exchange
     yield _call(schema["/regions"]["POST"].Case(body={"image": png_bytes(pixels)}, media_type="multipart/form-data"),
                 headers)[0]
+    yield _call(schema["/preview"]["POST"].Case(body={"image": png_bytes(pixels)}, media_type="multipart/form-data"),
+                headers)[0]
     yield _call(schema["/search"]["POST"].Case(body={"image": png_bytes(pixels), "k": 3},
                                                media_type="multipart/form-data"), headers)[0]
     query_id = response.json()["query_id"] if response.status_code == 200 else "unknown-query"
@@ -217,6 +220,7 @@ def targeted_exchanges(schema: Any, setup: ServiceSetup, headers: dict[str, str]
         yield _call(schema["/saliency"]["GET"].Case(
             query={"query_id": query_id, "case_id": SALIENCY_CASE, "format": image_format}), headers)[0]
     yield _call(schema["/cases/{case_id}"]["GET"].Case(path_parameters={"case_id": QUERY_CASE}), headers)[0]
+    yield _call(schema["/cases/{case_id}/image"]["GET"].Case(path_parameters={"case_id": QUERY_CASE}), headers)[0]
     thumbnail = schema["/cases/{case_id}/thumbnail"]["GET"]
     exchange, response = _call(thumbnail.Case(path_parameters={"case_id": QUERY_CASE}), headers)
     yield exchange

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.problems import problem_response, unavailable
 
 # The routes that decode uploads or run the model; health, metrics and cases are never refused here.
-ADMITTED_PATHS = frozenset({"/search", "/saliency", "/regions"})
+ADMITTED_PATHS = frozenset({"/search", "/saliency", "/regions", "/preview"})
 # A search takes about a second on a CPU, so a slot is likely free again by then.
 BUSY_RETRY_AFTER_SECONDS = 1
 

@@ -1,5 +1,5 @@
 """The FastAPI application: `create_app(settings)` wires the routes, the problem handlers, admission
-control, the upload limit, request logging, metrics and the database probe of `/readyz`; its lifespan
+control, the upload limit, request logging, metrics, the viewer page and the database probe of `/readyz`; its lifespan
 loads the model and the index in a worker thread, and tries again every `load_retry_seconds` after a
 failure until it succeeds or the service stops."""
 
@@ -16,7 +16,7 @@ from service.admission import AdmissionMiddleware
 from service.db.session import DatabaseProbe
 from service.problems import install_problem_handlers
 from service.request_log import RequestLogMiddleware
-from service.routes import admin, cases, health, regions, saliency, search
+from service.routes import admin, cases, health, regions, saliency, search, viewer
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 from service.upload_limit import FORM_OVERHEAD_BYTES, UploadLimitMiddleware
@@ -68,8 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AdmissionMiddleware, limit=settings.max_concurrent_searches,
                        queue=settings.max_queued_searches, registry=state.metrics.registry)
     app.add_middleware(RequestLogMiddleware, metrics=state.metrics)
-    for router in (search.router, regions.router, saliency.router, cases.router, health.router):
+    for router in (search.router, regions.router, saliency.router, cases.router, health.router, viewer.router):
         app.include_router(router)
+    app.mount(viewer.STATIC_URL, viewer.page_files(), name="static")
     if settings.admin_token is not None:
         app.include_router(admin.router)
     return app

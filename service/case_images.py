@@ -1,4 +1,5 @@
-"""Gallery images of stored cases: their pixels (for saliency) and small JPEG thumbnails.
+"""Gallery images of stored cases: their pixels (for saliency), small JPEG thumbnails and whole PNGs;
+and grey images as pictures (also the previews of uploads).
 
 Case records name their image relative to the configured image root; a path that would leave the
 root, a missing file or one that no longer matches the recorded size is reported as unavailable.
@@ -65,12 +66,30 @@ def thumbnail_etag(image_root: str | Path, case: CaseRecord, max_side: int) -> s
 def make_thumbnail(image_root: str | Path, case: CaseRecord, max_side: int) -> Thumbnail:
     """A JPEG of the case's image whose longer side is at most `max_side` pixels."""
     etag = thumbnail_etag(image_root, case, max_side)
-    pixels = load_case_pixels(image_root, case)
-    image = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    image = grey_picture(load_case_pixels(image_root, case), max_side)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
     return Thumbnail(buffer.getvalue(), etag)
+
+
+def case_png(image_root: str | Path, case: CaseRecord) -> bytes:
+    """The case's whole image as an 8-bit grey PNG (to view it, or to search with it again)."""
+    return grey_png(load_case_pixels(image_root, case))
+
+
+def grey_picture(pixels: np.ndarray, max_side: int | None = None) -> Image.Image:
+    """An 8-bit grey picture of a grey image in [0, 1], its longer side at most `max_side` when given."""
+    image = Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+    if max_side is not None:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def grey_png(pixels: np.ndarray, max_side: int | None = None) -> bytes:
+    """`grey_picture` encoded as PNG."""
+    buffer = io.BytesIO()
+    grey_picture(pixels, max_side).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _unavailable(case: CaseRecord, why: str) -> Problem:

@@ -55,15 +55,16 @@ def run_saliency(state: ServiceState, query_id: str, case_id: str, *, render: bo
             if source == "recomputed":
                 recomputed, blanked = occlusion.recomputed_crops, occlusion.blanked_crops
             occluded, retrieved = occlusion.embeddings, occlusion.unoccluded
-    saliency = region_saliency(query.embedding, retrieved, occluded, boxes)
+    saliency = region_saliency(query.embedding, retrieved, occluded, boxes, state.settings.saliency_scale)
     png = None
     if render:
         with timer.phase("render"):
             pixels = load_case_pixels(state.settings.image_root, case)
-            png = render_saliency_png(pixels, saliency.boxes, saliency.importance)
+            png = render_saliency_png(pixels, saliency)
     response = SaliencyResponse(
         query_id=query_id, case_id=case_id, similarity=saliency.similarity, occlusion_source=source,
-        regions=[RegionSaliency(**row) for row in saliency.rows()],
+        noise_floor=saliency.scale.noise_floor, scale_max=saliency.scale.scale_max,
+        stands_out=saliency.any_stands_out, regions=[RegionSaliency(**row) for row in saliency.rows()],
         timing_ms=SaliencyTimings(occlusion=timer.phases["occlusion"], total=timer.total_ms(),
                                   recomputed_crops=recomputed, blanked_crops=blanked))
     return SaliencyOutcome(response, png)

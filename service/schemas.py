@@ -88,8 +88,10 @@ class RegionSaliency(BaseModel):
 
     name: str
     box: list[float] = Field(description="[x1, y1, x2, y2] in pixels of the retrieved image")
-    similarity_drop: float
-    importance: float = Field(description="the drop clipped at 0 and divided by the largest drop")
+    similarity_drop: float = Field(description="the similarity minus the similarity with the region blanked")
+    importance: float = Field(description="the drop on the fixed scale: drop / scale_max clipped to [0, 1]; "
+                                          "0 when the drop does not stand out above the noise floor")
+    stands_out: bool = Field(description="the drop is above the noise floor")
 
 
 class SaliencyTimings(BaseModel):
@@ -111,6 +113,11 @@ class SaliencyResponse(BaseModel):
     occlusion_source: Literal["snapshot", "recomputed", "cache"] = Field(
         description="where the occlusion embeddings came from: the index snapshot, computed now, "
                     "or computed for an earlier request")
+    noise_floor: float = Field(description="a drop stands out only above this: the spread of drops measured when "
+                                           "the same radiograph is embedded again (CHEXTRIEV_SALIENCY_NOISE_FLOOR)")
+    scale_max: float = Field(description="the drop at the top of the fixed colour scale (CHEXTRIEV_SALIENCY_SCALE_MAX)")
+    stands_out: bool = Field(description="whether any region's drop is above the noise floor; false: no region "
+                                          "stands out, the match rests on no single region")
     regions: list[RegionSaliency]
     timing_ms: SaliencyTimings
 
@@ -157,6 +164,23 @@ class CaseResponse(BaseModel):
     height: int
     metadata: PublicMetadata = Field(description=f"allow-listed keys only: {', '.join(sorted(PUBLIC_METADATA_KEYS))}")
     thumbnail_url: str
+
+
+class CaseSummary(BaseModel):
+    """A gallery case in a listing: enough to show it and pick it."""
+
+    case_id: str
+    findings: list[str]
+    metadata: PublicMetadata = Field(description=f"allow-listed keys only: {', '.join(sorted(PUBLIC_METADATA_KEYS))}")
+    thumbnail_url: str
+    image_url: str = Field(description="the whole radiograph as an 8-bit grey PNG")
+
+
+class CaseListing(BaseModel):
+    """A page of the gallery's cases in case id order, and how many there are in all."""
+
+    cases: list[CaseSummary]
+    total: int
 
 
 class SnapshotSummary(BaseModel):

@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.errors import ChextrievError
 from model.precision import DTYPES, RUNTIMES, check_device_name
 from model.preprocessing import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from model.saliency_scale import DEFAULT_NOISE_FLOOR, DEFAULT_SCALE_MAX, SaliencyScale
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
     # Region-level search (POST /search with regions_of_interest): None scores every gallery case (exact);
     # a number M re-ranks only the M best cases of the whole-image search (see README, "Region-level search").
     region_search_shortlist: int | None = Field(default=None, gt=0)
+    # Saliency (model.saliency_scale.SaliencyScale): a region stands out when its similarity drop exceeds the
+    # noise floor (measured by `chextriev bench saliency-noise`); drops are drawn on a fixed scale from 0
+    # to `saliency_scale_max`.
+    saliency_noise_floor: float = Field(default=DEFAULT_NOISE_FLOOR, ge=0, le=2)
+    saliency_scale_max: float = Field(default=DEFAULT_SCALE_MAX, gt=0, le=2)
     admin_token: SecretStr | None = None
     query_ttl_seconds: int = 900
     query_cache_size: int = 256
@@ -95,6 +101,20 @@ class Settings(BaseSettings):
             return check_device_name(value)
         except ChextrievError as error:
             raise ValueError(str(error)) from None
+
+    @field_validator("saliency_scale_max")
+    @classmethod
+    def _scale_above_floor(cls, value: float, info: ValidationInfo) -> float:
+        floor = info.data.get("saliency_noise_floor")
+        if floor is not None and value <= floor:
+            raise ValueError(f"the scale's top ({value}) must be above the noise floor "
+                             f"CHEXTRIEV_SALIENCY_NOISE_FLOOR ({floor})")
+        return value
+
+    @property
+    def saliency_scale(self) -> SaliencyScale:
+        """The noise floor and colour scale of saliency answers."""
+        return SaliencyScale(self.saliency_noise_floor, self.saliency_scale_max)
 
     @field_validator("dtype")
     @classmethod

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from model.catalogue import NUM_REGIONS
@@ -148,6 +148,13 @@ def get_case(session: Session, case_id: str) -> CaseRecord | None:
     """One stored case, or None (also for an id that no database could have stored)."""
     row = session.get(Case, case_id) if _storable_id(case_id) else None
     return None if row is None else _case_record(row)
+
+
+def list_cases(session: Session, limit: int, offset: int = 0) -> tuple[list[CaseRecord], int]:
+    """At most `limit` stored cases in case id order from `offset`, and how many are stored in all."""
+    rows = session.scalars(select(Case).order_by(Case.case_id).limit(limit).offset(offset))
+    total = session.scalar(select(func.count()).select_from(Case))
+    return [_case_record(row) for row in rows], int(total or 0)
 
 
 def _storable_id(case_id: str) -> bool:

@@ -18,8 +18,9 @@ from model.embedder import Embedder
 from model.errors import ImageError, RegionError
 from model.network import CheXtriev
 from model.preprocessing import IMAGENET_MEAN
-from model.saliency import YIELDING_PASS_CROPS, occlusion_embeddings, region_saliency
-from model.saliency_render import VIRIDIS_STOPS, render_saliency_png
+from model.saliency import YIELDING_PASS_CROPS, SaliencyResult, occlusion_embeddings, region_saliency, top_regions
+from model.saliency_render import NOISE_COLOUR, VIRIDIS_STOPS, legend_lines, render_saliency_png
+from model.saliency_scale import DEFAULT_NOISE_FLOOR, DEFAULT_SCALE_MAX, SaliencyScale
 from trainer.demo.samples import sample_case_input
 
 
@@ -116,18 +117,63 @@ def test_bad_inputs_raise_typed_errors(embedder, retrieved):
         occlusion_embeddings(embedder, pixels, boxes[:17])
 
 
-def test_saliency_reports_each_region_drop_and_normalised_importance(saliency, occlusion, retrieved):
+def with_drops(drops, boxes, scale: SaliencyScale | None = None) -> SaliencyResult:
+    """The saliency of unit vectors built so that blanking region r lowers the similarity by drops[r]."""
+    similarity = 0.9
+    query, retrieved, occluded = np.zeros(8), np.zeros(8), np.zeros((NUM_REGIONS, 8))
+    query[0] = 1.0
+    retrieved[0], retrieved[2] = similarity, np.sqrt(1 - similarity ** 2)
+    occluded[:, 0] = similarity - np.asarray(drops, dtype=np.float64)
+    occluded[:, 1] = np.sqrt(1 - occluded[:, 0] ** 2)
+    return region_saliency(query, retrieved, occluded, boxes, scale)
+
+
+def test_saliency_reports_each_region_drop_on_the_fixed_scale(saliency, occlusion, retrieved):
     assert saliency.names == REGION_NAMES
     np.testing.assert_array_equal(saliency.boxes, retrieved[1])
-    assert saliency.similarity_drop.shape == saliency.importance.shape == (NUM_REGIONS,)
+    assert saliency.similarity_drop.shape == saliency.importance.shape == saliency.stands_out.shape == (NUM_REGIONS,)
     query_times_occluded = saliency.similarity - saliency.similarity_drop
     assert -1.0 <= saliency.similarity <= 1.0 and np.all(np.abs(query_times_occluded) <= 1.0 + 1e-5)
-    assert saliency.importance.min() >= 0.0 and saliency.importance.max() == pytest.approx(1.0)
-    assert saliency.importance.argmax() == saliency.similarity_drop.argmax()
-    np.testing.assert_array_equal(saliency.importance[saliency.similarity_drop <= 0], 0.0)
+    assert saliency.scale == SaliencyScale(DEFAULT_NOISE_FLOOR, DEFAULT_SCALE_MAX)
+    np.testing.assert_array_equal(saliency.stands_out, saliency.similarity_drop > DEFAULT_NOISE_FLOOR)
+    expected = np.where(saliency.stands_out, np.clip(saliency.similarity_drop / DEFAULT_SCALE_MAX, 0, 1), 0)
+    np.testing.assert_allclose(saliency.importance, expected, atol=1e-7)
     rows = saliency.rows()
     assert [row["name"] for row in rows] == list(REGION_NAMES)
-    assert set(rows[0]) == {"name", "box", "similarity_drop", "importance"}
+    assert set(rows[0]) == {"name", "box", "similarity_drop", "importance", "stands_out"}
+
+
+def test_importance_is_the_drop_on_the_fixed_scale_not_relative_to_the_largest(retrieved):
+    drops = np.linspace(0.0, 0.02, NUM_REGIONS)
+    scale = SaliencyScale(noise_floor=0.005, scale_max=0.04)
+    result = with_drops(drops, retrieved[1], scale)
+    np.testing.assert_allclose(result.similarity_drop, drops, atol=1e-6)
+    np.testing.assert_array_equal(result.stands_out, drops > 0.005 + 1e-6)
+    assert result.importance.max() == pytest.approx(0.5, abs=1e-4)  # the largest drop is half the scale, not 1
+    halved = with_drops(drops / 2, retrieved[1], scale)
+    assert halved.importance.max() == pytest.approx(0.25, abs=1e-4)  # smaller drops look smaller
+    assert top_regions(result) == [17, 16, 15]
+
+
+def test_noise_is_not_turned_into_confidence(retrieved):
+    """Drops like the demo's (within +-0.008 of each other) all below the floor: nothing stands out."""
+    drops = np.random.default_rng(0).uniform(-0.001, 0.0013, NUM_REGIONS)
+    result = with_drops(drops, retrieved[1], SaliencyScale(noise_floor=0.004))
+    assert not result.any_stands_out and not result.stands_out.any()
+    assert np.all(result.importance == 0.0)
+    assert top_regions(result) == []
+    assert legend_lines(result)[0].startswith("No region stands out: every drop is below the noise floor 0.004")
+    pixels, boxes = retrieved
+    image = np.asarray(Image.open(io.BytesIO(render_saliency_png(pixels, result))).convert("RGB")).astype(int)
+    grey = np.round(np.clip(pixels, 0, 1) * 255).astype(int)
+    np.testing.assert_array_equal(image[:pixels.shape[0]], np.repeat(grey[..., None], 3, axis=2))  # no heat
+
+
+def test_the_scale_refuses_a_floor_at_or_above_its_top():
+    with pytest.raises(ValueError, match="noise floor"):
+        SaliencyScale(noise_floor=0.05, scale_max=0.05)
+    with pytest.raises(ValueError, match="noise floor"):
+        SaliencyScale(noise_floor=-0.001)
 
 
 def test_saliency_recomputes_drops_from_the_embeddings(occlusion):
@@ -137,7 +183,7 @@ def test_saliency_recomputes_drops_from_the_embeddings(occlusion):
     assert result.similarity == pytest.approx(similarity, abs=1e-6)
     np.testing.assert_allclose(result.similarity_drop, similarity - occlusion.embeddings @ query, atol=1e-6)
     assert result.similarity_drop[3] < 0  # blanking region 3 makes it more like this query, not less
-    assert result.importance[3] == 0.0
+    assert result.importance[3] == 0.0 and not result.stands_out[3]
 
 
 def test_no_drop_anywhere_gives_zero_importance(occlusion):
@@ -152,33 +198,34 @@ def test_saliency_refuses_mismatched_dimensions(occlusion):
                         np.ones((NUM_REGIONS, 4)))
 
 
-def test_png_blends_the_heatmap_over_covered_pixels_only(retrieved, saliency):
+def test_png_colours_only_the_regions_that_stand_out_on_the_fixed_scale(retrieved):
     pixels, boxes = retrieved
     height, width = pixels.shape
-    image = Image.open(io.BytesIO(render_saliency_png(pixels, boxes, saliency.importance)))
+    drops = np.zeros(NUM_REGIONS)
+    strong, weak = REGION_INDEX["right lower lung zone"], REGION_INDEX["left apical zone"]
+    drops[strong], drops[weak] = 1.2 * DEFAULT_SCALE_MAX, DEFAULT_NOISE_FLOOR / 2  # above the top; below the floor
+    result = with_drops(drops, boxes)
+    image = Image.open(io.BytesIO(render_saliency_png(pixels, result)))
     assert image.format == "PNG" and image.mode == "RGB"
     assert image.width == width and image.height > height + 40  # the legend below the radiograph
     array = np.asarray(image).astype(int)
     grey = np.round(np.clip(pixels, 0, 1) * 255).astype(int)
 
-    covered = np.zeros((height, width), dtype=bool)
-    for box in boxes:
-        covered |= centre_mask(box, height, width)
-    assert (~covered).sum() > 1000
-    np.testing.assert_array_equal(array[:height][~covered], np.repeat(grey[~covered][:, None], 3, axis=1))
-
-    x1, y1, x2, y2 = boxes[int(saliency.importance.argmax())]
-    centre = array[int((y1 + y2) / 2), int((x1 + x2) / 2)]
-    assert np.abs(centre - grey[int((y1 + y2) / 2), int((x1 + x2) / 2)]).max() > 20
+    coloured = centre_mask(boxes[strong], height, width)
+    np.testing.assert_array_equal(array[:height][~coloured], np.repeat(grey[~coloured][:, None], 3, axis=1))
+    top = np.asarray(VIRIDIS_STOPS[-1])  # a drop at or above the scale's top gets the scale's last colour
+    expected = np.round(0.5 * np.repeat(grey[coloured][:, None], 3, axis=1) + 0.5 * top)
+    np.testing.assert_allclose(array[:height][coloured], expected, atol=1)
 
     legend = array[height:]
     colours = {tuple(pixel) for pixel in legend.reshape(-1, 3)}
-    assert VIRIDIS_STOPS[0] in colours and VIRIDIS_STOPS[-1] in colours  # the colour bar's ends
+    assert NOISE_COLOUR in colours and VIRIDIS_STOPS[-1] in colours  # the bar: noise part, then the scale
+    assert legend_lines(result)[1] == f"1. right lower lung zone  drop {1.2 * DEFAULT_SCALE_MAX:.4f}"
 
 
 def test_png_of_a_large_image_is_scaled_down(retrieved, saliency):
     pixels, boxes = retrieved
-    image = Image.open(io.BytesIO(render_saliency_png(pixels, boxes, saliency.importance, max_side=256)))
+    image = Image.open(io.BytesIO(render_saliency_png(pixels, saliency, max_side=256)))
     assert image.width == round(pixels.shape[1] * 256 / max(pixels.shape))
     assert image.height > round(pixels.shape[0] * 256 / max(pixels.shape))
 

@@ -30,6 +30,7 @@ from model.anatomy_model import AnatomyModel
 from model.catalogue import NUM_REGIONS, REGION_NAMES
 from model.region_derivation import derive_regions
 from model.saliency import region_saliency
+from model.saliency_scale import DEFAULT_NOISE_FLOOR, DEFAULT_SCALE_MAX
 from service.app import create_app
 from service.db.repository import list_activations, list_recent_searches
 from service.db.session import session_scope
@@ -521,6 +522,27 @@ def test_saliency_recomputes_occlusions_when_the_snapshot_has_none(client, query
     np.testing.assert_allclose([r["importance"] for r in body["regions"]], expected.importance, atol=1e-3)
     np.testing.assert_allclose([r["box"] for r in body["regions"]], service_setup.inputs[SALIENCY_CASE][1], atol=1e-3)
     assert body["similarity"] == pytest.approx(expected.similarity, abs=1e-4)
+    assert (body["noise_floor"], body["scale_max"]) == (DEFAULT_NOISE_FLOOR, DEFAULT_SCALE_MAX)
+    drops = [r["similarity_drop"] for r in body["regions"]]
+    assert [r["stands_out"] for r in body["regions"]] == [drop > DEFAULT_NOISE_FLOOR for drop in drops]
+    assert body["stands_out"] == any(r["stands_out"] for r in body["regions"])
+
+
+def test_saliency_below_a_configured_floor_says_no_region_stands_out(service_setup, tmp_path):
+    """With the floor above every drop of the pair, nothing stands out: no importance, no colour."""
+    largest = float(np.abs(expected_saliency(service_setup).similarity_drop).max())
+    with running_service(service_setup, "sqlite", tmp_path, saliency_noise_floor=largest + 0.001,
+                         saliency_scale_max=largest + 0.1) as service:
+        pixels, boxes = service_setup.inputs[QUERY_CASE]
+        found = search(service, png_bytes(pixels), regions_json(boxes), k=3).json()
+        params = {"query_id": found["query_id"], "case_id": SALIENCY_CASE}
+        body = service.get("/saliency", params=params).json()
+        assert body["stands_out"] is False and body["noise_floor"] == pytest.approx(largest + 0.001)
+        assert not any(r["stands_out"] for r in body["regions"]) and all(r["importance"] == 0 for r in body["regions"])
+        png = service.get("/saliency", params={**params, "format": "png"}).content
+        height = service_setup.inputs[SALIENCY_CASE][0].shape[0]
+        picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)[:height]
+        assert np.abs(picture[..., 0] - picture[..., 2]).max() == 0  # the radiograph alone, grey
 
 
 def test_saliency_png_blends_a_heatmap_over_the_retrieved_radiograph(client, query_search, service_setup):
@@ -532,7 +554,8 @@ def test_saliency_png_blends_a_heatmap_over_the_retrieved_radiograph(client, que
     pixels, _ = service_setup.inputs[SALIENCY_CASE]
     assert picture.shape[1] == pixels.shape[1] and picture.shape[0] > pixels.shape[0]  # legend below
     radiograph = picture[: pixels.shape[0]]
-    assert np.abs(radiograph[..., 0] - radiograph[..., 2]).max() > 40  # coloured, not grey
+    coloured = np.abs(radiograph[..., 0] - radiograph[..., 2]).max() > 40
+    assert coloured == expected_saliency(service_setup).any_stands_out  # heat only where a region stands out
 
 
 def test_saliency_uses_precomputed_occlusions_from_the_snapshot(admin_client, service_setup):
@@ -577,6 +600,45 @@ def test_saliency_of_an_unknown_query_or_case_is_404(client, query_search):
 
 
 # ---- cases -----------------------------------------------------------------------------------------
+
+def test_cases_are_listed_with_links_to_their_images(client, service_setup):
+    listing = client.get("/cases", params={"limit": 4})
+    assert listing.status_code == 200, listing.text
+    body = listing.json()
+    assert body["total"] == len(service_setup.cases) and len(body["cases"]) == 4
+    ids = [case["case_id"] for case in body["cases"]]
+    assert ids == sorted(ids)
+    rest = client.get("/cases", params={"limit": 200, "offset": 4}).json()["cases"]
+    assert [case["case_id"] for case in rest] == sorted(case.case_id for case in service_setup.cases)[4:]
+    first = body["cases"][0]
+    assert first["thumbnail_url"] == f"/cases/{first['case_id']}/thumbnail" and "patient" not in listing.text
+    image = client.get(first["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    pixels, _ = service_setup.inputs[first["case_id"]]
+    decoded = np.asarray(Image.open(io.BytesIO(image.content)))
+    assert decoded.shape == pixels.shape  # the whole image, in the pixels its boxes refer to
+    np.testing.assert_allclose(decoded / 255.0, pixels, atol=0.5 / 255 + 1e-6)
+    assert_problem(client.get("/cases", params={"limit": 0}), 422, "limit")
+    assert_problem(client.get("/cases/unknown-case/image"), 404, "case_id")
+
+
+def test_preview_shows_a_dicom_as_a_png_and_refuses_what_a_search_refuses(client, service_setup):
+    pixels, _ = service_setup.inputs[QUERY_CASE]
+    upload = dicom_bytes(np.round(pixels * 4095).astype(np.uint16), bits_stored=12)
+    response = client.post("/preview", files={"image": ("chest.dcm", upload, "application/dicom")})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    preview = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert preview.shape == pixels.shape  # at most 1024 pixels on the longer side: this one is smaller
+    assert np.abs(preview / 255.0 - pixels).max() < 2 / 255
+    assert (int(response.headers["x-image-width"]), int(response.headers["x-image-height"])) == pixels.shape[::-1]
+    large = np.kron(pixels, np.ones((3, 3), dtype=pixels.dtype))  # longer side above 1024: scaled down
+    scaled = client.post("/preview", files={"image": ("large.png", png_bytes(large), "image/png")})
+    assert max(Image.open(io.BytesIO(scaled.content)).size) == 1024
+    assert (int(scaled.headers["x-image-width"]), int(scaled.headers["x-image-height"])) == large.shape[::-1]
+    refused = client.post("/preview", files={"image": ("notes.png", b"not an image at all", "image/png")})
+    assert "not a DICOM, PNG or JPEG" in assert_problem(refused, 415, "image")["detail"]
+
 
 def test_case_record_shows_findings_and_regions_but_no_patient(client, service_setup):
     response = client.get(f"/cases/{QUERY_CASE}")

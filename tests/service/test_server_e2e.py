@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,6 +15,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from tests.service.server_process import REPO_ROOT, REQUEST_TIMEOUT_SECONDS, Server, free_port, wait_until_ready
 from tests.service.service_setup import (  # noqa: F401 - service_setup is a fixture
     OCCLUDED_VERSION,
     QUERY_CASE,
@@ -28,41 +25,6 @@ from tests.service.service_setup import (  # noqa: F401 - service_setup is a fix
     regions_json,
     service_setup,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_SECONDS = 120
-REQUEST_TIMEOUT_SECONDS = 60
-STOP_TIMEOUT_SECONDS = 30
-
-
-@dataclass
-class Server:
-    """A running `chextriev serve` process and where it listens and logs."""
-
-    process: subprocess.Popen
-    base_url: str
-    log_path: Path
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it has not exited in time; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        return self.process.returncode
-
-    def log_lines(self) -> list[dict]:
-        """The JSON log lines the server wrote."""
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def environment(setup: ServiceSetup) -> dict[str, str]:
@@ -89,20 +51,6 @@ def server(service_setup: ServiceSetup, tmp_path: Path) -> Iterator[Server]:
         yield running
     finally:
         running.stop()
-
-
-def wait_until_ready(server: Server, client: httpx.Client) -> dict:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        assert server.process.poll() is None, server.log_path.read_text()
-        try:
-            response = client.get("/readyz")
-            if response.status_code == 200:
-                return response.json()
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise AssertionError(f"not ready after {START_TIMEOUT_SECONDS} s:\n{server.log_path.read_text()}")
 
 
 def test_served_search_saliency_and_health(server: Server, service_setup: ServiceSetup):

@@ -30,6 +30,8 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ("CHEXTRIEV_DTYPE", "fp64", "unknown dtype 'fp64'"),
     ("CHEXTRIEV_MAX_CONCURRENT_SEARCHES", "0", "greater than 0"),
     ("CHEXTRIEV_MAX_QUEUED_SEARCHES", "-1", "greater than or equal to 0"),
+    ("CHEXTRIEV_SALIENCY_SCALE_MAX", "0.01", "must be above the noise floor"),
+    ("CHEXTRIEV_SALIENCY_NOISE_FLOOR", "-0.1", "greater than or equal to 0"),
 ])
 def test_an_unusable_value_stops_the_start_naming_the_variable(monkeypatch, capsys, variable, value, expected):
     monkeypatch.setenv(variable, value)
