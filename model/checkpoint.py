@@ -25,7 +25,7 @@ from model.backbones import Backbone
 from model.config import ModelConfig
 from model.errors import CheckpointError
 from model.fileio import atomic_write_bytes, sha256_file
-from model.network import CheXtriev
+from model.network import CENTRE_KEY, CheXtriev
 from model.preprocessing import preprocessing_config
 
 CHECKPOINT_FORMAT = "chextriev-checkpoint/1"
@@ -143,7 +143,9 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[CheXtriev, Checkpoint
     weights_path = Path(directory) / WEIGHTS_FILE
     network = CheXtriev(info.model_config)
     try:
-        network.load_state_dict(load_file(weights_path), strict=True)
+        state = load_file(weights_path)
+        state.setdefault(CENTRE_KEY, network.centre.clone())  # saved before centring existed: no centre
+        network.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError) as error:
         raise CheckpointError(f"{weights_path}: weights do not fit the configured network ({error})") from error
     return network.eval(), info

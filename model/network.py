@@ -24,6 +24,9 @@ class NetworkOutput(NamedTuple):
     node_embeddings: Tensor  # (b, n, width) each region's retrieval state, L2-normalised per region
 
 
+CENTRE_KEY = "centre"
+
+
 class CheXtriev(nn.Module):
     """Region features (b, n, input_dim) from a frozen backbone -> NetworkOutput."""
 
@@ -48,9 +51,28 @@ class CheXtriev(nn.Module):
                                   global_residual=config.residual == "global")
             for _ in range(config.num_layers))
         self.classifier = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.num_classes))
+        # Subtracted from each region's retrieval state before normalising (CENTRE_KEY): zeros, or the mean
+        # state of the training images (trainer.training with centre_embeddings), so that cosine similarity
+        # measures what sets images apart rather than what every radiograph shares.
+        self.register_buffer(CENTRE_KEY, torch.zeros(n, width))
 
     def forward(self, region_features: Tensor) -> NetworkOutput:
         """Run the network; the features are cast to the network's dtype (cached features may be fp16)."""
+        h, states = self._states(region_features)
+        retrieved = states - self.centre.to(states.dtype)
+        embedding = F.normalize(reduce(retrieved, "b n d -> b d", "mean"), dim=-1)
+        logits = self.classifier(reduce(h, "b n d -> b d", "mean"))
+        node_logits = self.classifier(h) if self.config.node_supervision else None
+        return NetworkOutput(logits, node_logits, h, embedding, F.normalize(retrieved, dim=-1))
+
+    @torch.no_grad()
+    def uncentred_states(self, region_features: Tensor) -> Tensor:
+        """Each region's retrieval state (b, n, width) before the centre is subtracted: the sum of the
+        levels (multilevel) or the last layer's states."""
+        return self._states(region_features)[1]
+
+    def _states(self, region_features: Tensor) -> tuple[Tensor, Tensor]:
+        """The last layer's node states and the uncentred retrieval states, both (b, n, width)."""
         self._check_input(region_features)
         h0 = self.projection(region_features.to(self.projection[0].weight.dtype))
         edges = self.edges if self.adjacency is None else self.edges[self.adjacency]
@@ -58,11 +80,7 @@ class CheXtriev(nn.Module):
         for layer in self.layers:
             h = layer(h, h0, edges, self.location)
             level_sum = level_sum + h
-        retrieved = level_sum if self.config.retrieval == "multilevel" else h
-        embedding = F.normalize(reduce(retrieved, "b n d -> b d", "mean"), dim=-1)
-        logits = self.classifier(reduce(h, "b n d -> b d", "mean"))
-        node_logits = self.classifier(h) if self.config.node_supervision else None
-        return NetworkOutput(logits, node_logits, h, embedding, F.normalize(retrieved, dim=-1))
+        return h, (level_sum if self.config.retrieval == "multilevel" else h)
 
     def _check_input(self, region_features: Tensor) -> None:
         expected = f"(batch, {self.config.num_regions}, {self.config.input_dim})"

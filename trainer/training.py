@@ -117,6 +117,8 @@ class TrainingConfig:
     node_loss_weight: float = 0.0  # node BCE against region labels for any variant (V4 always has weight 1)
     contrastive_weight: float = 0.0  # supervised contrastive loss on the node embeddings, per region
     contrastive_temperature: float = 0.1
+    # Subtract the training images' mean retrieval state before normalising (model.network's centre).
+    centre_embeddings: bool = False
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be a positive integer, got {getattr(self, name)!r}"
@@ -145,8 +147,9 @@ class TrainingConfig:
         elif self.schedule == "plateau" and self.validation_interval is not None:
             problems.append("the plateau schedule steps once per epoch: use it without validation_interval, "
                             "or use the cosine schedule")
-        if not isinstance(self.merge_micro_batches, bool):
-            problems.append(f"merge_micro_batches must be True or False, got {self.merge_micro_batches!r}")
+        problems += [f"{name} must be True or False, got {getattr(self, name)!r}"
+                     for name in ("merge_micro_batches", "centre_embeddings")
+                     if not isinstance(getattr(self, name), bool)]
         if not (self.devices == "auto" or _is_int(self.devices) and self.devices >= 1):
             problems.append(f"devices must be 'auto' or a positive integer, got {self.devices!r}")
         if problems:
@@ -273,6 +276,8 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
     )
     if trainer.is_global_zero:
         network.load_state_dict(recorder.best_state)
+        if training.centre_embeddings:
+            centre_embeddings(network, cache, train_rows)
         metadata = {
             "dataset": cache.dataset_name,
             "label_names": list(cache.label_names),
@@ -293,6 +298,8 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
             "train_images": len(train_rows),
             "val_images": len(val_rows),
             "backbone_trained": False,
+            "embedding_centre": (f"the mean retrieval state of the {len(train_rows)} training images"
+                                 if training.centre_embeddings else None),
             "history": [vars(record) for record in history],
         }
         if node_targets is not None:
@@ -306,6 +313,17 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
             "parameters": result.parameters})
     trainer.strategy.barrier("checkpoint written")
     return result
+
+
+@torch.no_grad()
+def centre_embeddings(network: CheXtriev, cache: FeatureCache, rows: np.ndarray) -> None:
+    """Set the network's centre to the mean uncentred retrieval state of the cache rows `rows` (on the CPU)."""
+    network = network.to("cpu").eval()
+    total = torch.zeros_like(network.centre)
+    for start in range(0, len(rows), 256):
+        features = torch.from_numpy(np.asarray(cache.region_features[rows[start:start + 256]], dtype=np.float32))
+        total += network.uncentred_states(features).sum(dim=0)
+    network.centre.copy_(total / len(rows))
 
 
 def effective_batch(training: TrainingConfig, train_images: int) -> tuple[int, int]:
@@ -369,10 +387,10 @@ def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelC
     module = CheXtrievModule(network, optimisation, objective, micro_batch=micro_batch,
                              micro_batches=accumulate if merged else 1)
     recorder = ValidationRecorder(select_on)
-    logger.info("training started", extra={"train_images": len(data.train_set), "val_images": len(data.val_set),
-                                           "effective_batch": micro_batch * accumulate, "steps_per_epoch": steps_per_epoch,
-                                           "validation_interval": training.validation_interval,
-                                           "schedule": training.schedule})
+    logger.info("training started", extra={
+        "train_images": len(data.train_set), "val_images": len(data.val_set),
+        "effective_batch": micro_batch * accumulate, "steps_per_epoch": steps_per_epoch, "validation_interval": training.validation_interval,
+        "schedule": training.schedule})
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
         trainer = _trainer(training, out_dir, recorder, 1 if merged else accumulate, steps_per_epoch)
@@ -395,7 +413,6 @@ def _trainer(training: TrainingConfig, out_dir: Path, recorder: ValidationRecord
     stopping counts those validations."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
-
     from lightning.pytorch.loggers import CSVLogger
 
     interval = training.validation_interval

@@ -91,3 +91,31 @@ def test_changed_preprocessing_is_refused(tmp_path):
     (tmp_path / CONFIG_FILE).write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match="trained with preprocessing"):
         read_checkpoint_info(tmp_path)
+
+
+def test_a_saved_centre_is_subtracted_and_a_checkpoint_without_one_loads_uncentred(tmp_path):
+    network = small_network()
+    features = torch.randn(3, 18, 32)
+    with torch.no_grad():
+        uncentred = network(features)
+        network.centre.copy_(network.uncentred_states(features).mean(dim=0))
+        centred = network(features)
+    assert not torch.allclose(centred.embedding, uncentred.embedding)
+    # Centred on these three images, their embeddings point away from each other: their sum is about 0.
+    assert float(centred.embedding.sum(dim=0).norm()) < float(uncentred.embedding.sum(dim=0).norm()) / 10
+    save_checkpoint(tmp_path / "centred", network, BACKBONE)
+    loaded, _ = load_checkpoint(tmp_path / "centred")
+    with torch.no_grad():
+        assert torch.equal(loaded(features).embedding, centred.embedding)
+    # A checkpoint written before centring existed has no centre: it loads with zeros, as it was trained.
+    class BeforeCentring:
+        config = network.config
+
+        def state_dict(self):
+            return {name: value for name, value in small_network().state_dict().items() if name != "centre"}
+
+    save_checkpoint(tmp_path / "old", BeforeCentring(), BACKBONE)
+    old, _ = load_checkpoint(tmp_path / "old")
+    assert torch.equal(old.centre, torch.zeros_like(old.centre))
+    with torch.no_grad():
+        assert torch.equal(old(features).embedding, uncentred.embedding)

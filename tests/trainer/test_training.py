@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from model.backbones import build_backbone
 from model.checkpoint import load_checkpoint, read_checkpoint_info

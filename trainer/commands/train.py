@@ -75,10 +75,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"training settings (default {DEFAULT_PRESET}: hundreds to thousands of images; paper: "
                              "the paper's for Chest ImaGenome's 226k); the options below override single settings")
     add_region_findings_arguments(parser)
+    parser.add_argument("--centre-embeddings", action=argparse.BooleanOptionalAction,
+                        help="subtract the training images' mean retrieval state before normalising, so that "
+                             "similarities spread over what sets images apart (default: no, in both presets)")
     for name, kind in _SIZE_OPTIONS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help="model size override (default: paper)")
     for name, (field, kind) in _TRAINING_OPTIONS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=_preset_help(field) + _HELP_NOTES.get(name, ""))
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                            help=_preset_help(field) + _HELP_NOTES.get(name, ""))
 
 
 def add_region_findings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +121,8 @@ def training_from_args(args: argparse.Namespace,
                 if getattr(args, name) is not None}
     if "devices" in settings and settings["devices"].isdigit():
         settings["devices"] = int(settings["devices"])
+    if args.centre_embeddings is not None:
+        settings["centre_embeddings"] = args.centre_embeddings
     training = TrainingConfig.preset(args.preset, **settings)
     model_config = ModelConfig.for_variant(args.variant, input_dim=cache.feature_dim,
                                            num_classes=len(cache.label_names), **overrides)

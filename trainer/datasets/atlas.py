@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from model.dicom_decoding import dicom_header, parse_dicom
+from model.errors import ChextrievError
 from trainer.datasets.anatomy_sources import AtlasRegions
 from trainer.datasets.errors import DatasetError, DatasetProblem
 from trainer.datasets.records import ImageRecord
-from model.dicom_decoding import dicom_header, parse_dicom
-from model.errors import ChextrievError
 
 logger = logging.getLogger(__name__)
 

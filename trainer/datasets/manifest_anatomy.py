@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from model.anatomy import Box, box_problem, parse_regions
+from model.errors import RegionError
 from trainer.datasets.anatomy_sources import AnatomySource, LungBoxes, LungMasks, NamedBoxes
 from trainer.datasets.labels import cell_text
-from model.errors import RegionError
 
 Problems = list[tuple[str, str]]
 LUNG_COLUMNS = ("right_lung", "left_lung", "heart")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
-from model.fileio import atomic_write_bytes
 from trainer.evaluation.crossval import METRICS, CrossValidation
+from trainer.evaluation.report import write_json_and_markdown
 
 JSON_FILE = "crossval.json"
 MARKDOWN_FILE = "crossval.md"
@@ -16,17 +15,15 @@ MARKDOWN_FILE = "crossval.md"
 
 def write_crossval_report(result: CrossValidation, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write crossval.json and crossval.md into `out_dir`, each atomically; returns their paths."""
-    out = Path(out_dir)
-    json_path, markdown_path = out / JSON_FILE, out / MARKDOWN_FILE
-    atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=2, allow_nan=False).encode())
-    atomic_write_bytes(markdown_path, render_crossval_markdown(result).encode())
-    return json_path, markdown_path
+    return write_json_and_markdown(Path(out_dir), JSON_FILE, result.to_dict(), MARKDOWN_FILE,
+                                   render_crossval_markdown(result))
 
 
 def render_crossval_markdown(result: CrossValidation) -> str:
     """Per scope and k: each method's fold means with 95 % intervals, then the paired tests."""
     lines = [f"## Cross-validated retrieval: {result.task}", "",
-             f"{result.folds} folds by patient (seed {result.seed}, fold sizes {', '.join(map(str, result.fold_sizes))}); "
+             f"{result.folds} folds by patient (seed {result.seed}, fold sizes "
+             f"{', '.join(map(str, result.fold_sizes))}); "
              f"{result.queries} queries, each asked once, by the model of its fold. Percent, mean over folds "
              "± half-width of the 95 % confidence interval (Student's t). Labels: " + ", ".join(result.label_names), ""]
     for scope, per_k in result.results.items():

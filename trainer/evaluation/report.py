@@ -104,10 +104,15 @@ def evaluate_methods(embeddings: Mapping[str, np.ndarray], labels: np.ndarray, i
 
 def write_report(result: EvaluationResult, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write evaluation.json and evaluation.md into `out_dir`, each atomically; returns their paths."""
-    out = Path(out_dir)
-    json_path, markdown_path = out / JSON_FILE, out / MARKDOWN_FILE
-    atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=2, allow_nan=False).encode())
-    atomic_write_bytes(markdown_path, render_markdown(result).encode())
+    return write_json_and_markdown(Path(out_dir), JSON_FILE, result.to_dict(), MARKDOWN_FILE, render_markdown(result))
+
+
+def write_json_and_markdown(out_dir: Path, json_name: str, figures: dict, markdown_name: str,
+                            markdown: str) -> tuple[Path, Path]:
+    """Write a report's JSON (strict: no NaN) and its Markdown into `out_dir`, each atomically."""
+    json_path, markdown_path = out_dir / json_name, out_dir / markdown_name
+    atomic_write_bytes(json_path, json.dumps(figures, indent=2, allow_nan=False).encode())
+    atomic_write_bytes(markdown_path, markdown.encode())
     return json_path, markdown_path
 
 

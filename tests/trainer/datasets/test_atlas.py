@@ -7,12 +7,11 @@ import pytest
 
 from model.anatomy import validate_regions
 from model.catalogue import REGION_INDEX
+from model.errors import RegionError
+from tests.trainer.datasets.manifests import lung_row, write_csv
 from trainer.datasets import AtlasRegions, DatasetError, read_manifest
 from trainer.datasets.manifest import bundled_atlas
-from model.errors import RegionError
-from trainer.demo.samples import SAMPLE_DIR
-from trainer.demo.samples import sample_case_input
-from tests.trainer.datasets.manifests import lung_row, write_csv
+from trainer.demo.samples import SAMPLE_DIR, sample_case_input
 
 
 def test_the_bundled_atlas_is_the_mean_of_the_sample_regions_as_image_fractions(sample_cases):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from model.catalogue import FINDING_NAMES, REGION_INDEX, REGION_NAMES
-from trainer.datasets import Dataset, DatasetError, NamedBoxes, read_imagenome
 from model.imaging import decode_image
-from tests.trainer.datasets.imagenome_fixtures import A, C, E, FIXTURES, G, METADATA_CSV, SPLIT_CSV, read
+from tests.trainer.datasets.imagenome_fixtures import FIXTURES, METADATA_CSV, SPLIT_CSV, A, C, E, G, read
+from trainer.datasets import Dataset, DatasetError, NamedBoxes, read_imagenome
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ from PIL import Image, ImageDraw
 
 from model.anatomy import validate_regions
 from model.catalogue import REGION_NAMES
-from trainer.datasets import DatasetError, LungBoxes, LungMasks, NamedBoxes, read_manifest
 from model.region_derivation import derive_regions_from_masks
-from trainer.demo.samples import SAMPLE_DIR
-from trainer.demo.samples import sample_case_input
 from tests.trainer.datasets.manifests import lung_row, write_csv, write_jsonl
+from trainer.datasets import DatasetError, LungBoxes, LungMasks, NamedBoxes, read_manifest
+from trainer.demo.samples import SAMPLE_DIR, sample_case_input
 
 SAMPLE_MANIFEST = SAMPLE_DIR / "manifest.csv"
 SAMPLE_OPTIONS = {"columns": {"patient_id": "patientid"}, "label_columns": ("finding",),

@@ -7,9 +7,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from model.imaging import decode_image
 from trainer.datasets import DatasetError, LungBoxes, LungMasks, read_manifest
 from trainer.datasets.splits import patients_in_several_splits
-from model.imaging import decode_image
 
 CXR_LUNGBOX_OPTIONS = {"columns": {"patient_id": "patientid"}, "label_columns": ("finding",),
                        "yes_no_label_columns": ("survival", "intubated", "went_icu", "needed_supplemental_O2")}
