@@ -21,7 +21,9 @@ from service.db.session import session_scope
 from service.problems import Problem, field_problem, problem_from_error
 from service.query_cache import CachedQuery
 from service.query_regions import client_regions, model_regions
-from service.schemas import SearchResponse, SearchResult, SearchTimings, region_entries
+from service.dicomweb import DicomwebArchive
+from service.reference_search import StudyReference, fetch_reference
+from service.schemas import ArchiveSource, SearchResponse, SearchResult, SearchTimings, region_entries
 from service.state import ServiceState
 from service.study_checks import check_searchable_study
 from service.timing import PhaseTimer
@@ -31,13 +33,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchQuery:
-    """One search request: the uploaded file's bytes, the regions JSON text (None: the anatomy model
-    places them), k, and whose cases to skip."""
+    """One search request: the uploaded file's bytes or the archive's study to fetch them from (exactly
+    one of the two), the regions JSON text (None: the anatomy model places them), k, and whose cases to skip."""
 
-    image: bytes
+    image: bytes | None
     regions: str | None
     k: int
     exclude_patient_id: str | None = None
+    reference: StudyReference | None = None
 
 
 def run_search(state: ServiceState, query: SearchQuery) -> SearchResponse:
@@ -78,9 +81,11 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
     # Malformed boxes are refused before the image is decoded.
     sent_boxes = parse_regions(query.regions) if query.regions is not None else None
     exclusion = _exclusion(state, query.exclude_patient_id)
+    with timer.phase("fetch"):
+        upload, source = _query_bytes(state, query)
     with batcher.in_progress():
         with timer.phase("decode"):
-            image = decode_query(query.image, upload_limits(state))
+            image = decode_query(upload, upload_limits(state))
         with timer.phase("anatomy"):
             regions = (client_regions(sent_boxes, image) if sent_boxes is not None
                        else model_regions(state.anatomy, image))
@@ -114,9 +119,19 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
     return SearchResponse(query_id=query_id, index_version=hits.index_version, model_version=embedder.fingerprint,
                           regions_source=regions.source, regions=region_entries(boxes),
                           anatomy_model_version=state.anatomy.fingerprint if regions.source == "model" else None,
-                          results=results, timing_ms=SearchTimings(
-                              decode=phases["decode"], anatomy=phases["anatomy"], embed=phases["embed"],
+                          results=results, source=source, timing_ms=SearchTimings(
+                              fetch=phases["fetch"], decode=phases["decode"], anatomy=phases["anatomy"], embed=phases["embed"],
                               search=phases["search"], db=phases["db"], total=timer.total_ms()))
+
+
+def _query_bytes(state: ServiceState, query: SearchQuery) -> tuple[bytes, ArchiveSource | None]:
+    """The upload, or the referenced instance fetched from the archive with what was chosen."""
+    if query.reference is None:
+        assert query.image is not None
+        return query.image, None
+    data, instance = fetch_reference(DicomwebArchive.from_settings(state.settings), query.reference)
+    return data, ArchiveSource(study_uid=instance.study_uid, series_uid=instance.series_uid, sop_uid=instance.sop_uid,
+                               modality=instance.modality or None, view_position=instance.view_position or None)
 
 
 def _exclusion(state: ServiceState, patient_id: str | None) -> Exclusion | None:

@@ -8,6 +8,9 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from model.errors import ImageTooLargeError
+from service.dicomweb import UID_MAX_LENGTH, UID_PATTERN
+from service.problems import Problem, field_problem
+from service.reference_search import StudyReference
 from service.routes.dependencies import State, problem_responses
 from service.schemas import SearchResponse
 from service.search_service import SearchQuery, run_search
@@ -19,23 +22,50 @@ REGIONS_HELP = ('optional JSON: {"right lung": [x1, y1, x2, y2], ...} with the 1
                 "original_x1..original_y2); without it the anatomy model finds the regions")
 
 
-@router.post("/search", response_model=SearchResponse, responses=problem_responses(400, 413, 415, 422, 503))
+UID_FIELD = {"pattern": UID_PATTERN, "max_length": UID_MAX_LENGTH}
+
+
+@router.post("/search", response_model=SearchResponse,
+             responses=problem_responses(400, 404, 413, 415, 422, 503, 504))
 async def search(
     request: Request,
     state: State,
-    image: Annotated[UploadFile, File(description="DICOM Part 10, PNG (8 or 16 bit) or JPEG")],
+    image: Annotated[UploadFile | None, File(
+        description="DICOM Part 10, PNG (8 or 16 bit) or JPEG; or give study_uid instead")] = None,
+    study_uid: Annotated[str | None, Form(
+        description="search with this study of the DICOMweb archive instead of an upload: its frontal CR/DX "
+                    "chest instance, or the one series_uid and sop_uid name", **UID_FIELD)] = None,
+    series_uid: Annotated[str | None, Form(description="a series of study_uid", **UID_FIELD)] = None,
+    sop_uid: Annotated[str | None, Form(description="an instance of series_uid", **UID_FIELD)] = None,
     regions: Annotated[str | None, Form(min_length=1, description=REGIONS_HELP)] = None,
     k: Annotated[int, Form(ge=1, le=100, description="how many cases to return")] = 5,
     exclude_patient_id: Annotated[str | None, Form(
         description="leave out every gallery case of this patient (matched by salted hash)")] = None,
 ) -> SearchResponse:
     """The k most similar gallery cases, with their findings and metadata, the 18 regions used (the client's,
-    or the anatomy model's when none are sent: `regions_source`), the versions used and timings."""
-    data = await read_within(image, state.settings.max_upload_bytes)
+    or the anatomy model's when none are sent: `regions_source`), the versions used and timings. The query
+    is an upload, or a study of the DICOMweb archive named by its UIDs (`source` says which instance)."""
+    reference = study_reference(image is not None, study_uid, series_uid, sop_uid)
+    data = await read_within(image, state.settings.max_upload_bytes) if image is not None else None
     patient = exclude_patient_id.strip() if exclude_patient_id and exclude_patient_id.strip() else None
-    response = await run_in_threadpool(run_search, state, SearchQuery(data, regions, k, patient))
+    response = await run_in_threadpool(run_search, state, SearchQuery(data, regions, k, patient, reference))
     request.state.query_id = response.query_id
     return response
+
+
+def study_reference(uploaded: bool, study_uid: str | None, series_uid: str | None,
+                    sop_uid: str | None) -> StudyReference | None:
+    """The archive reference the form names (None for an upload); 422 unless exactly one of an image and a
+    study is given, and an instance comes with its series."""
+    if uploaded == (study_uid is not None):
+        raise Problem(422, "invalid-request", "give either an image or a study_uid, not both nor neither",
+                      [field_problem("image", "give an image or a study_uid")])
+    if (series_uid is not None or sop_uid is not None) and study_uid is None:
+        raise Problem(422, "invalid-request", "series_uid and sop_uid need their study_uid",
+                      [field_problem("study_uid", "missing")])
+    if sop_uid is not None and series_uid is None:
+        raise Problem(422, "invalid-request", "sop_uid needs its series_uid", [field_problem("series_uid", "missing")])
+    return StudyReference(study_uid, series_uid, sop_uid) if study_uid is not None else None
 
 
 async def read_within(upload: UploadFile, max_bytes: int) -> bytes:
