@@ -28,6 +28,8 @@ from model.errors import ChextrievError
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+# dicomweb-client logs every request with its UIDs at INFO; the service logs its own lines without them.
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
 
 # A DICOM UID: dot-separated numbers, at most 64 characters (PS3.5 9.1).
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"

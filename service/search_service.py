@@ -24,6 +24,7 @@ from service.query_regions import client_regions, model_regions
 from service.dicomweb import DicomwebArchive
 from service.reference_search import StudyReference, fetch_reference
 from service.schemas import ArchiveSource, SearchResponse, SearchResult, SearchTimings, region_entries
+from service.settings import Settings
 from service.state import ServiceState
 from service.study_checks import check_searchable_study
 from service.timing import PhaseTimer
@@ -72,7 +73,12 @@ def decode_query(upload: bytes, limits: ImageLimits) -> DecodedImage:
 
 def upload_limits(state: ServiceState) -> ImageLimits:
     """The configured limits on an uploaded image."""
-    return ImageLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_image_pixels)
+    return upload_limits_of(state.settings)
+
+
+def upload_limits_of(settings: Settings) -> ImageLimits:
+    """The limits on an uploaded image that `settings` configure."""
+    return ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
 
 
 def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
