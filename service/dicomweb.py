@@ -20,7 +20,6 @@ from typing import Any
 
 import requests
 from dicomweb_client.api import DICOMwebClient
-
 from pydicom import dcmwrite
 from pydicom.errors import InvalidDicomError
 

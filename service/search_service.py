@@ -18,10 +18,10 @@ from model.imaging import DecodedImage, ImageLimits, decode_image
 from model.patient_keys import patient_hash
 from service.db.repository import SearchAuditRecord, get_cases, record_search
 from service.db.session import session_scope
+from service.dicomweb import DicomwebArchive
 from service.problems import Problem, field_problem, problem_from_error
 from service.query_cache import CachedQuery
 from service.query_regions import client_regions, model_regions
-from service.dicomweb import DicomwebArchive
 from service.reference_search import StudyReference, fetch_reference
 from service.schemas import ArchiveSource, SearchResponse, SearchResult, SearchTimings, region_entries
 from service.settings import Settings
@@ -126,8 +126,8 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
                           regions_source=regions.source, regions=region_entries(boxes),
                           anatomy_model_version=state.anatomy.fingerprint if regions.source == "model" else None,
                           results=results, source=source, timing_ms=SearchTimings(
-                              fetch=phases["fetch"], decode=phases["decode"], anatomy=phases["anatomy"], embed=phases["embed"],
-                              search=phases["search"], db=phases["db"], total=timer.total_ms()))
+                              fetch=phases["fetch"], decode=phases["decode"], anatomy=phases["anatomy"],
+                              embed=phases["embed"], search=phases["search"], db=phases["db"], total=timer.total_ms()))
 
 
 def _query_bytes(state: ServiceState, query: SearchQuery) -> tuple[bytes, ArchiveSource | None]:

@@ -111,7 +111,8 @@ def publish(out: Path, checkpoint: str, weights: str, store: str, version: str |
     backbone = read_checkpoint_info(checkpoint).backbone.name
     steps = [["features", "--manifest", str(manifest), "--backbone", backbone, "--weights", weights,
               "--out", str(features)],
-             ["embed", "--features", str(features), "--checkpoint", checkpoint, "--split", "all", "--out", str(gallery)],
+             ["embed", "--features", str(features), "--checkpoint", checkpoint, "--split", "all",
+              "--out", str(gallery)],
              ["index", "build", "--embeddings", str(gallery), "--store", store,
               *(["--version", version] if version else [])]]
     for step in steps:

@@ -120,9 +120,10 @@ def test_import_finds_fetches_and_records_the_frontal_chest_instances(environmen
 
     dataset = read_manifest(out / MANIFEST_NAME)  # what `chextriev features --manifest` reads
     assert sorted(record.case_id for record in dataset.records) == sorted(cases)
-    record = next(record for record in dataset.records if record.case_id == by_study[archive.studies[0]].case_id)
+    first = by_study[archive.studies[0]]
+    record = next(record for record in dataset.records if record.case_id == first.case_id)
     assert set(record.labels) == {"Pneumonia", "Effusion"} and record.patient_id == PATIENT_ID
-    assert np.allclose(record.anatomy.boxes_for(decode_image(record.image_path)), by_study[archive.studies[0]].region_boxes, atol=1e-3)
+    assert np.allclose(record.anatomy.boxes_for(decode_image(record.image_path)), first.region_boxes, atol=1e-3)
 
 
 def test_dates_modality_and_study_limit_narrow_the_import(environment, archive, tmp_path, capsys):
