@@ -87,8 +87,10 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
     # Malformed boxes are refused before the image is decoded.
     sent_boxes = parse_regions(query.regions) if query.regions is not None else None
     exclusion = _exclusion(state, query.exclude_patient_id)
-    with timer.phase("fetch"):
-        upload, source = _query_bytes(state, query)
+    upload, source = query.image, None
+    if query.reference is not None:
+        with timer.phase("fetch"):
+            upload, source = _fetch_reference(state, query.reference)
     with batcher.in_progress():
         with timer.phase("decode"):
             image = decode_query(upload, upload_limits(state))
@@ -126,16 +128,13 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
                           regions_source=regions.source, regions=region_entries(boxes),
                           anatomy_model_version=state.anatomy.fingerprint if regions.source == "model" else None,
                           results=results, source=source, timing_ms=SearchTimings(
-                              fetch=phases["fetch"], decode=phases["decode"], anatomy=phases["anatomy"],
+                              fetch=phases.get("fetch", 0.0), decode=phases["decode"], anatomy=phases["anatomy"],
                               embed=phases["embed"], search=phases["search"], db=phases["db"], total=timer.total_ms()))
 
 
-def _query_bytes(state: ServiceState, query: SearchQuery) -> tuple[bytes, ArchiveSource | None]:
-    """The upload, or the referenced instance fetched from the archive with what was chosen."""
-    if query.reference is None:
-        assert query.image is not None
-        return query.image, None
-    data, instance = fetch_reference(DicomwebArchive.from_settings(state.settings), query.reference)
+def _fetch_reference(state: ServiceState, reference: StudyReference) -> tuple[bytes, ArchiveSource]:
+    """The referenced (or chosen) instance fetched from the archive, and which one it is."""
+    data, instance = fetch_reference(DicomwebArchive.from_settings(state.settings), reference)
     return data, ArchiveSource(study_uid=instance.study_uid, series_uid=instance.series_uid, sop_uid=instance.sop_uid,
                                modality=instance.modality or None, view_position=instance.view_position or None)
 

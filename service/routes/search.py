@@ -30,8 +30,9 @@ UID_FIELD = {"pattern": UID_PATTERN, "max_length": UID_MAX_LENGTH}
 async def search(
     request: Request,
     state: State,
-    image: Annotated[UploadFile | None, File(
-        description="DICOM Part 10, PNG (8 or 16 bit) or JPEG; or give study_uid instead")] = None,
+    # Optional, yet typed as a file so that the OpenAPI document shows a binary part rather than "file or null".
+    image: Annotated[UploadFile, File(
+        description="DICOM Part 10, PNG (8 or 16 bit) or JPEG; or give study_uid instead")] = None,  # type: ignore[assignment]
     study_uid: Annotated[str | None, Form(
         description="search with this study of the DICOMweb archive instead of an upload: its frontal CR/DX "
                     "chest instance, or the one series_uid and sop_uid name", **UID_FIELD)] = None,
@@ -58,13 +59,15 @@ def study_reference(uploaded: bool, study_uid: str | None, series_uid: str | Non
     """The archive reference the form names (None for an upload); 422 unless exactly one of an image and a
     study is given, and an instance comes with its series."""
     if uploaded == (study_uid is not None):
-        raise Problem(422, "invalid-request", "give either an image or a study_uid, not both nor neither",
-                      [field_problem("image", "give an image or a study_uid")])
+        raise Problem(422, "invalid-request", "invalid request fields: image (give either an image file or a "
+                      "study_uid, not both)",
+                      [field_problem("image", "give an image or a study_uid", location="body")])
     if (series_uid is not None or sop_uid is not None) and study_uid is None:
-        raise Problem(422, "invalid-request", "series_uid and sop_uid need their study_uid",
-                      [field_problem("study_uid", "missing")])
+        raise Problem(422, "invalid-request", "invalid request fields: study_uid (series_uid and sop_uid need it)",
+                      [field_problem("study_uid", "missing", location="body")])
     if sop_uid is not None and series_uid is None:
-        raise Problem(422, "invalid-request", "sop_uid needs its series_uid", [field_problem("series_uid", "missing")])
+        raise Problem(422, "invalid-request", "invalid request fields: series_uid (sop_uid needs it)",
+                      [field_problem("series_uid", "missing", location="body")])
     return StudyReference(study_uid, series_uid, sop_uid) if study_uid is not None else None
 
 
