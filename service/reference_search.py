@@ -49,8 +49,8 @@ def _frontal_chest(instances: list[ArchiveInstance], reference: StudyReference) 
                   if is_frontal_chest(instance.modality, instance.view_position, instance.body_part)]
     if not candidates:
         found = sorted({instance.describe() for instance in instances})
-        detail = (f"study {reference.study_uid} holds no frontal CR/DX chest instance; its {len(instances)} "
-                  f"instances are (modality view body part): {'; '.join(found)}")
+        detail = (f"study {reference.study_uid} holds no frontal CR/DX chest instance; it holds "
+                  f"{len(instances)} instance(s) of (modality view body part): {'; '.join(found)}")
         raise Problem(422, "no-frontal-chest-instance", detail,
                       [field_problem("study_uid", "no frontal CR/DX chest instance")])
     order = {view: rank for rank, view in enumerate(FRONTAL_VIEWS)}
