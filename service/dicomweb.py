@@ -91,7 +91,10 @@ class DicomwebArchive:
         if token is not None:
             session.headers["Authorization"] = f"Bearer {token}"
         self.url = url.rstrip("/")
-        self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
+        try:
+            self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
+        except ValueError:
+            raise ArchiveError(f"{url!r} is not a DICOMweb URL such as http://host:8042/dicom-web") from None
         self._client.set_http_retry_params(retry=False)
 
     @classmethod

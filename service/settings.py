@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         except ChextrievError as error:
             raise ValueError(str(error)) from None
 
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected the archive's DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+        return value
+
     @field_validator("study_url_template")
     @classmethod
     def _known_placeholders(cls, value: str | None) -> str | None:

@@ -61,14 +61,15 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.dicomweb:
         settings = settings.model_copy(update={"dicomweb_url": args.dicomweb})
-    archive = DicomwebArchive.from_settings(settings)
-    if archive is None:
+    if settings.dicomweb_url is None:
         print("error: give the archive with --dicomweb URL or CHEXTRIEV_DICOMWEB_URL", file=sys.stderr)
         return 2
     dates = f"{args.from_date or ''}-{args.to_date or ''}" if args.from_date or args.to_date else None
     request = ImportRequest(out=args.out, modalities=tuple(args.modality or ("CR", "DX")), date_range=dates,
                             study_limit=args.study_limit, findings=args.findings)
     try:
+        archive = DicomwebArchive.from_settings(settings)
+        assert archive is not None
         anatomy = AnatomyModel.load(settings.anatomy_model)
         summary = import_gallery(archive, request, anatomy, upload_limits_of(settings), progress=_show_progress)
         findings = read_findings(args.findings) if args.findings is not None else {}

@@ -32,6 +32,7 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ("CHEXTRIEV_MAX_QUEUED_SEARCHES", "-1", "greater than or equal to 0"),
     ("CHEXTRIEV_STUDY_URL_TEMPLATE", "http://viewer/{patient_id}", "only the placeholders"),
     ("CHEXTRIEV_DICOMWEB_TIMEOUT_S", "0", "greater than 0"),
+    ("CHEXTRIEV_DICOMWEB_URL", "pacs:8042", "DICOMweb root"),
 ])
 def test_an_unusable_value_stops_the_start_naming_the_variable(monkeypatch, capsys, variable, value, expected):
     monkeypatch.setenv(variable, value)
