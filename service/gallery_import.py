@@ -104,6 +104,7 @@ class ImportSummary:
     already_imported: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     cases: list[ImportedCase] = field(default_factory=list)
+    findings: dict[str, list[str]] = field(default_factory=dict)  # the findings CSV's table (read_findings)
 
 
 Progress = Callable[[int, int], None]
@@ -117,7 +118,7 @@ def import_gallery(archive: DicomwebArchive, request: ImportRequest, anatomy: An
     (request.out / IMAGES_DIRNAME).mkdir(parents=True, exist_ok=True)
     log_path = request.out / LOG_NAME
     done = read_import_log(log_path)
-    summary = ImportSummary()
+    summary = ImportSummary(findings=findings)
     instances = list(_frontal_instances(archive, request, summary))
     summary.instances = len(instances)
     with open(log_path, "a", encoding="utf-8") as log:

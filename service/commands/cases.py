@@ -21,9 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from model.errors import ChextrievError
 from model.imaging import decode_image
 from model.patient_keys import patient_hash
-from service.db.migrate import upgrade
-from service.db.repository import CaseRecord, upsert_cases
-from service.db.session import make_engine, make_session_factory, session_scope
+from service.db.case_import import import_cases
+from service.db.repository import CaseRecord
 from service.public_fields import public_metadata
 from service.settings import get_settings
 from trainer.commands.dataset_options import add_dataset_arguments, dataset_from_args
@@ -50,13 +49,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = dataset_from_args(args)
         root = (args.image_root or Path(args.manifest or ".").parent).resolve()
         records = [case_record(record, root, salt) for record in dataset.records]
-        upgrade(settings.database_url)
-        engine = make_engine(settings.database_url)
-        try:
-            with session_scope(make_session_factory(engine)) as session:
-                counts = upsert_cases(session, records)
-        finally:
-            engine.dispose()
+        counts = import_cases(settings.database_url, records)
     except (ChextrievError, SQLAlchemyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

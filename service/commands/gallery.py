@@ -22,11 +22,9 @@ from model.anatomy_model import AnatomyModel
 from model.checkpoint import read_checkpoint_info
 from model.errors import ChextrievError
 from service.commands.arguments import positive_int
-from service.db.migrate import upgrade
-from service.db.repository import upsert_cases
-from service.db.session import make_engine, make_session_factory, session_scope
+from service.db.case_import import import_cases
 from service.dicomweb import DicomwebArchive
-from service.gallery_import import MANIFEST_NAME, ImportRequest, case_records, import_gallery, read_findings
+from service.gallery_import import MANIFEST_NAME, ImportRequest, case_records, import_gallery
 from service.search_service import upload_limits_of
 from service.settings import get_settings
 
@@ -72,15 +70,8 @@ def run(args: argparse.Namespace) -> int:
         assert archive is not None
         anatomy = AnatomyModel.load(settings.anatomy_model)
         summary = import_gallery(archive, request, anatomy, upload_limits_of(settings), progress=_show_progress)
-        findings = read_findings(args.findings) if args.findings is not None else {}
         salt = settings.patient_salt.get_secret_value() if settings.patient_salt is not None else None
-        upgrade(settings.database_url)
-        engine = make_engine(settings.database_url)
-        try:
-            with session_scope(make_session_factory(engine)) as session:
-                counts = upsert_cases(session, case_records(summary.cases, findings, salt))
-        finally:
-            engine.dispose()
+        counts = import_cases(settings.database_url, case_records(summary.cases, summary.findings, salt))
     except (ChextrievError, SQLAlchemyError) as error:
         print(f"\nerror: {error}\nwhat was imported is kept in {args.out}; run the same command again to resume",
               file=sys.stderr)
