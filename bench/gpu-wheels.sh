@@ -11,7 +11,7 @@ dir=${1:-.whl}
 venv_python=${VENV_PYTHON:-.venv/bin/python}
 packages=(faiss-cpu pydicom pylibjpeg pylibjpeg-libjpeg python-gdcm pydantic pydantic-core pydantic-settings
           annotated-types typing-inspection python-dotenv fastapi fastapi-offline starlette uvicorn
-          python-multipart sqlalchemy alembic mako)
+          python-multipart sqlalchemy alembic mako opentelemetry-api cachetools)
 mkdir -p "$dir"
 platforms=()
 for n in 17 24 27 28 31 34 35; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done

@@ -19,7 +19,9 @@
 # wheels, 45 MB, which fit beside the working tree in the device tool's 64 MiB). With the device tool:
 # here `echo /.whl/ >> .git/info/exclude; bench/gpu-wheels.sh .whl`, then run `bench/gpu.sh` with
 # carry [".whl"] and timeout_s 600; gpu.json comes back from $OUT.
-# Environment: PYTHON (default python3); CHEXTRIEV_GPU_SMOKE=1 runs every step at a tiny size on the
+# Environment: CROSSVAL_RUNS (a runs file of bench/crossval-runs.sh: cross-validations run first, within
+# CROSSVAL_CAP_S, default 300, CROSSVAL_PARALLEL at once, default 6; crossval-runs.tar.gz lands beside gpu.json);
+# PYTHON (default python3); CHEXTRIEV_GPU_SMOKE=1 runs every step at a tiny size on the
 # CPU, to check the script on a machine without a GPU; BUDGET_S (default 470) bounds the whole run.
 set -uo pipefail
 
@@ -88,6 +90,13 @@ step() {  # step NAME SECONDS_CAP COMMAND...: run it within the cap and what is 
     tail -n 5 "$parts/$name.log" >&2
 }
 
+# Cross-validations first when asked for (CROSSVAL_RUNS: a runs file of bench/crossval-runs.sh); their
+# archive comes back beside gpu.json.
+if [ -n "${CROSSVAL_RUNS:-}" ]; then
+    step crossval "${CROSSVAL_CAP_S:-300}" env PYTHON="$python" OMP_NUM_THREADS=2 bench/crossval-runs.sh "$CROSSVAL_RUNS" \
+        "$scratch/crossval" "${CROSSVAL_PARALLEL:-6}"
+    cp "$scratch/crossval/crossval-runs.tar.gz" "$results/" 2>/dev/null
+fi
 step features 200 "$python" -m service.cli bench features --device "$device" --backbone "$backbone" \
     --weights "$weights" --dtype "$dtype" --crops device --images "$images" --baseline-images "$baseline_images" \
     --warmup-images "$warmup" --batch-size "$batch" --baseline-batch-size "$baseline_batch" --workers "$workers" \

@@ -30,9 +30,26 @@ class ServingSnapshot(Protocol):
     @property
     def has_occlusions(self) -> bool: ...
 
+    @property
+    def has_region_vectors(self) -> bool: ...
+
     def search(
         self, queries: np.ndarray, k: int, exclusions: Exclusion | Sequence[Exclusion] | None = None
     ) -> list[QueryHits]: ...
+
+    def search_regions(
+        self,
+        query_nodes: np.ndarray,
+        regions: Sequence[int],
+        k: int,
+        exclusions: Exclusion | None = None,
+        *,
+        shortlist: int | None = None,
+        image_query: np.ndarray | None = None,
+    ) -> QueryHits:
+        """Top-k by the mean over `regions` of same-region inner products (index_store.region_search);
+        RegionSearchUnavailableError when the snapshot has no region vectors."""
+        ...
 
     def embedding(self, case_id: str) -> np.ndarray: ...
 

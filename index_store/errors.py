@@ -37,5 +37,9 @@ class SnapshotInputError(SnapshotError, ValueError):
     """Data given to build or search a snapshot is invalid (shapes, non-finite or unnormalised vectors, ...)."""
 
 
+class RegionSearchUnavailableError(SnapshotError):
+    """A region-level search was asked of a snapshot published without per-region vectors."""
+
+
 class IndexUnavailableError(SnapshotError):
     """The index back end (a Milvus server) cannot be reached or refused a request."""

@@ -7,7 +7,7 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -103,6 +103,24 @@ def verify_digest(path: Path, expected: FileDigest) -> None:
         raise SnapshotCorruptError(f"{path.name} in {path.parent}: SHA-256 does not match the manifest", path)
 
 
+def write_npy_blocks(path: Path, shape: tuple[int, ...], blocks: Iterable[np.ndarray]) -> FileDigest:
+    """Write the float32 C-order .npy file of `shape` whose data are `blocks` in order (each converted to
+    float32 C order), without holding the whole array; returns its digest. The sizes must add up."""
+    expected = _NPY_DTYPE.itemsize * math.prod(shape)
+
+    def write(writer: _HashingWriter) -> None:
+        np.lib.format.write_array_header_1_0(writer, {"descr": _NPY_DTYPE.str, "fortran_order": False,
+                                                      "shape": shape})
+        written = 0
+        for block in blocks:
+            data = np.ascontiguousarray(block, dtype=_NPY_DTYPE)
+            written += writer.write(data.data.cast("B"))
+        if written != expected:
+            raise ValueError(f"{path.name}: {written} bytes of data written, {expected} expected for {shape}")
+
+    return write_new_file(path, write)
+
+
 def fsync_directory(path: Path) -> None:
     """Make the directory entries of `path` (creations, renames) durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -151,6 +169,18 @@ class NpyRows:
         """Rows [start, stop) as a new array of shape (stop - start, *shape[1:])."""
         block = np.empty((stop - start, *self.shape[1:]), dtype=_NPY_DTYPE)
         self._read_exactly(memoryview(block).cast("B"), self._data_offset + start * self._row_bytes)
+        return block
+
+    def sub_rows(self, row: int, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Entries [start, stop) of row `row` of a file with 3 axes or more: (stop - start, *shape[2:]),
+        read into the C-contiguous float32 `out` of that shape when given."""
+        shape = (stop - start, *self.shape[2:])
+        block = np.empty(shape, dtype=_NPY_DTYPE) if out is None else out
+        if block.shape != shape or block.dtype != _NPY_DTYPE or not block.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+        entry_bytes = self._row_bytes // self.shape[1]
+        self._read_exactly(memoryview(block).cast("B"),
+                           self._data_offset + row * self._row_bytes + start * entry_bytes)
         return block
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ Gallery embeddings file (`.npz`, written with `numpy.savez`, read with `allow_pi
 | `case_ids` | unicode (`<U`), (N,), unique, non-empty | yes |
 | `group_keys` | unicode (N,): opaque keys such as salted patient hashes, for same-group exclusion | no |
 | `occlusion_embeddings` | float32 (N, R, D): the embedding of case i with region r blanked, L2-normalised | no |
+| `region_embeddings` | float32 (N, R, D): region r's own embedding of case i (R = 18), L2-normalised | no |
 | `model_fingerprint` | unicode, 0-d (a scalar string): hash of the checkpoint and preprocessing config | no |
 
 Strings must be stored as numpy unicode arrays (`np.array(list_of_str)`), not object arrays.
@@ -29,12 +30,14 @@ _NORM_CHUNK_ROWS = 65536
 
 @dataclass(frozen=True)
 class GalleryData:
-    """Vectors and ids of a gallery: embeddings (N, D) float32, case ids, optional group keys and occlusions."""
+    """Vectors and ids of a gallery: embeddings (N, D) float32, case ids, optional group keys, occlusion
+    embeddings (N, R, D) and region embeddings (N, R, D)."""
 
     embeddings: np.ndarray
     case_ids: tuple[str, ...]
     group_keys: tuple[str, ...] | None = None
     occlusion_embeddings: np.ndarray | None = None
+    region_embeddings: np.ndarray | None = None
 
 
 def validate_gallery(gallery: GalleryData) -> None:
@@ -51,21 +54,29 @@ def validate_gallery(gallery: GalleryData) -> None:
     if gallery.group_keys is not None:
         _check_strings("group_keys", gallery.group_keys, count)
     check_unit_vectors("embeddings", embeddings)
-    occlusion = gallery.occlusion_embeddings
-    if occlusion is not None:
-        if (
-            not isinstance(occlusion, np.ndarray)
-            or occlusion.dtype != np.float32
-            or occlusion.ndim != 3
-            or occlusion.shape[0] != count
-            or occlusion.shape[2] != dimension
-            or occlusion.shape[1] == 0
-        ):
-            raise SnapshotInputError(
-                f"occlusion_embeddings must be float32 of shape ({count}, R, {dimension}), "
-                f"got {getattr(occlusion, 'dtype', None)} {getattr(occlusion, 'shape', None)}"
-            )
-        check_unit_vectors("occlusion_embeddings", occlusion.reshape(-1, dimension))
+    for name in ("occlusion_embeddings", "region_embeddings"):
+        _check_per_region(name, getattr(gallery, name), count, dimension)
+
+
+def _check_per_region(name: str, vectors: np.ndarray | None, count: int, dimension: int) -> None:
+    """Unless None, `vectors` must be float32 (count, R, D) unit vectors (checked region by region, so a
+    memory-mapped or transposed array is never copied whole)."""
+    if vectors is None:
+        return
+    if (
+        not isinstance(vectors, np.ndarray)
+        or vectors.dtype != np.float32
+        or vectors.ndim != 3
+        or vectors.shape[0] != count
+        or vectors.shape[2] != dimension
+        or vectors.shape[1] == 0
+    ):
+        raise SnapshotInputError(
+            f"{name} must be float32 of shape ({count}, R, {dimension}), "
+            f"got {getattr(vectors, 'dtype', None)} {getattr(vectors, 'shape', None)}"
+        )
+    for region in range(vectors.shape[1]):
+        check_unit_vectors(f"{name}[:, {region}]", vectors[:, region])
 
 
 def check_unit_vectors(name: str, vectors: np.ndarray) -> None:
@@ -107,6 +118,7 @@ def read_gallery_npz(path: Path) -> tuple[GalleryData, str | None]:
         "case_ids",
         "group_keys",
         "occlusion_embeddings",
+        "region_embeddings",
         "model_fingerprint",
     }
     if missing or unknown:
@@ -121,6 +133,7 @@ def read_gallery_npz(path: Path) -> tuple[GalleryData, str | None]:
         case_ids=_strings(path, "case_ids", arrays["case_ids"]),
         group_keys=_strings(path, "group_keys", arrays["group_keys"]) if "group_keys" in arrays else None,
         occlusion_embeddings=arrays.get("occlusion_embeddings"),
+        region_embeddings=arrays.get("region_embeddings"),
     )
     validate_gallery(gallery)
     return gallery, (str(fingerprint) if fingerprint is not None else None)

@@ -12,13 +12,16 @@ from typing import Any
 from index_store.errors import SnapshotCorruptError, SnapshotIncompatibleError, SnapshotInputError
 from index_store.files import FileDigest
 
-FORMAT_VERSION = 1
+# Format 2 added `region_count` (per-region vectors); a format-1 manifest reads as one without them.
+FORMAT_VERSION = 2
+SUPPORTED_FORMATS = (1, 2)
 METRIC = "inner_product"
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.faiss"
 CASE_IDS_FILE = "case_ids.json"
 GROUP_KEYS_FILE = "group_keys.json"
 OCCLUSION_FILE = "occlusion.npy"
+REGION_FILE = "region_embeddings.npy"
 CANARY_FILE = "canary.npy"
 REQUIRED_FILES = (INDEX_FILE, CASE_IDS_FILE, CANARY_FILE)
 
@@ -40,6 +43,7 @@ class Manifest:
     occlusion_regions: int | None
     canary_rows: tuple[int, ...]
     files: dict[str, FileDigest] = field(default_factory=dict)
+    region_count: int | None = None  # the regions of `region_embeddings.npy` (region-major (R, N, D)), if any
     metric: str = METRIC
     format_version: int = FORMAT_VERSION
 
@@ -90,6 +94,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "canary_rows": list,
     "files": dict,
 }
+_OPTIONAL_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"region_count": (int, type(None))}
 
 
 def parse_manifest(data: bytes, path: Path, required_files: tuple[str, ...] = REQUIRED_FILES) -> Manifest:
@@ -115,15 +120,15 @@ def parse_manifest(data: bytes, path: Path, required_files: tuple[str, ...] = RE
             path,
         )
     missing = sorted(set(_FIELD_TYPES) - set(raw))
-    unknown = sorted(set(raw) - set(_FIELD_TYPES))
+    unknown = sorted(set(raw) - set(_FIELD_TYPES) - set(_OPTIONAL_FIELD_TYPES))
     if missing or unknown:
         raise corrupt(f"missing fields {missing}, unknown fields {unknown}")
-    for name, expected in _FIELD_TYPES.items():
-        value = raw[name]
-        if not isinstance(value, expected) or isinstance(value, bool):
+    for name, expected in {**_FIELD_TYPES, **_OPTIONAL_FIELD_TYPES}.items():
+        value = raw.get(name)
+        if name in raw and (not isinstance(value, expected) or isinstance(value, bool)):
             raise corrupt(f"field {name!r} has the wrong type ({type(value).__name__})")
-    if format_version != FORMAT_VERSION:
-        raise corrupt(f"format version {format_version} is not {FORMAT_VERSION}")
+    if format_version not in SUPPORTED_FORMATS:
+        raise corrupt(f"format version {format_version} is not one of {SUPPORTED_FORMATS}")
     if raw["metric"] != METRIC:
         raise SnapshotIncompatibleError(
             f"{path.name} in {path.parent}: metric {raw['metric']!r} is not {METRIC!r}", path
@@ -133,15 +138,18 @@ def parse_manifest(data: bytes, path: Path, required_files: tuple[str, ...] = RE
     if raw["dimension"] < 1 or raw["count"] < 1:
         raise corrupt(f"dimension {raw['dimension']} and count {raw['count']} must be positive")
     regions = raw["occlusion_regions"]
-    if regions is not None and regions < 1:
-        raise corrupt(f"occlusion_regions {regions} must be positive or null")
+    region_count = raw.get("region_count")
+    for name, value in (("occlusion_regions", regions), ("region_count", region_count)):
+        if value is not None and value < 1:
+            raise corrupt(f"{name} {value} must be positive or null")
     rows = raw["canary_rows"]
     if not rows or not all(type(r) is int and 0 <= r < raw["count"] for r in rows):
         raise corrupt("canary_rows must be a non-empty list of row numbers below count")
     files = {name: _parse_digest(name, entry, corrupt) for name, entry in raw["files"].items()}
-    expected_files = set(required_files) | ({OCCLUSION_FILE} if regions is not None else set())
-    known_files = set(required_files) | {GROUP_KEYS_FILE, OCCLUSION_FILE}
-    if not expected_files <= set(files) <= known_files or (OCCLUSION_FILE in files and regions is None):
+    optional = {OCCLUSION_FILE: regions, REGION_FILE: region_count}
+    expected_files = set(required_files) | {name for name, count in optional.items() if count is not None}
+    known_files = expected_files | {GROUP_KEYS_FILE}
+    if not expected_files <= set(files) <= known_files:
         raise corrupt(
             f"lists files {sorted(files)}; expected {sorted(expected_files)} (+ optional group keys)"
         )
@@ -156,6 +164,7 @@ def parse_manifest(data: bytes, path: Path, required_files: tuple[str, ...] = RE
         occlusion_regions=regions,
         canary_rows=tuple(rows),
         files=files,
+        region_count=region_count,
         metric=raw["metric"],
         format_version=format_version,
     )

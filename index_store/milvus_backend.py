@@ -1,7 +1,8 @@
 """The Milvus back end: each published snapshot version is a collection of its own, with its manifest
 (fingerprint, dimension, count, canary rows, digests) in the collection's properties; the active
 version is an alias, moved atomically. Occlusion embeddings, which only saliency reads one case at a
-time, stay in a local sidecar file per version (`<sidecar root>/<version>/occlusion.npy`).
+time, and the per-region vectors of region-level search stay in local sidecar files per version
+(`<sidecar root>/<version>/occlusion.npy`, `region_embeddings.npy`).
 
 Publishing builds a staging collection and its sidecar, writes the manifest property last, then
 renames both to the version's names: a version is either complete or absent.
@@ -58,6 +59,7 @@ from index_store.milvus_layout import (
     staging_name,
 )
 from index_store.milvus_snapshot import MilvusSnapshot, milvus_errors, open_collection
+from index_store.region_search import region_count, write_region_file
 from index_store.snapshot import CANARY_COUNT, canary_candidates, read_gallery
 from index_store.store import StoreEntry, publishing, remove_abandoned_staging, rename_into_store
 
@@ -234,7 +236,9 @@ class MilvusBackend:
                     occlusion_regions=None if gallery.occlusion_embeddings is None
                     else gallery.occlusion_embeddings.shape[1],
                     canary_rows=self._canary_rows(staging, gallery, kind),
-                    files={**digests.entries(gallery.group_keys is not None), **_write_occlusions(sidecar, gallery)})
+                    files={**digests.entries(gallery.group_keys is not None), **_write_occlusions(sidecar, gallery),
+                           **write_region_file(sidecar, gallery.region_embeddings)},
+                    region_count=region_count(gallery.region_embeddings))
                 self.client.alter_collection_properties(
                     staging, properties={MANIFEST_PROPERTY: manifest.to_json().decode()})
                 self._rename_into_place(staging, sidecar, version, target)

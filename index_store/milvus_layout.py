@@ -16,7 +16,7 @@ import numpy as np
 from index_store.errors import SnapshotInputError
 from index_store.files import FileDigest
 from index_store.manifest import CASE_IDS_FILE, GROUP_KEYS_FILE
-from index_store.search import Exclusion
+from index_store.search import CaseRows, Exclusion
 
 COLLECTION_PREFIX = "chextriev_v_"
 STAGING_PREFIX = "chextriev_staging_"
@@ -123,6 +123,10 @@ class ContentDigests:
         self._vector_bytes += len(data)
         self._case_ids.extend(case_ids)
         self._group_keys.extend(group_keys)
+
+    def case_rows(self, with_group_keys: bool) -> CaseRows:
+        """The case ids (and group keys) fed so far, as the rows of a snapshot."""
+        return CaseRows(tuple(self._case_ids), tuple(self._group_keys) if with_group_keys else None)
 
     def entries(self, with_group_keys: bool) -> dict[str, FileDigest]:
         """The manifest entries: vectors and case ids, and group keys when the snapshot has them."""

@@ -1,6 +1,6 @@
 """One snapshot version served from its own Milvus collection: search with exclusion filters, stored
-vectors, occlusion embeddings from the local sidecar file, and the checks run before it may serve
-(every digest of the manifest recomputed from the collection's rows, then the canary search)."""
+vectors, occlusion embeddings and region-level search from the local sidecar files, and the checks run
+before it may serve (every digest of the manifest recomputed from the collection's rows, then the canary search)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from index_store.errors import (
     SnapshotNotFoundError,
 )
 from index_store.files import NpyRows, verify_digest
-from index_store.manifest import GROUP_KEYS_FILE, OCCLUSION_FILE, Manifest
+from index_store.manifest import GROUP_KEYS_FILE, OCCLUSION_FILE, REGION_FILE, Manifest
 from index_store.milvus_layout import (
     CASE_ID,
     GROUP_KEY,
@@ -34,7 +34,8 @@ from index_store.milvus_layout import (
     row_range_filter,
     search_parameters,
 )
-from index_store.search import Exclusion, QueryHits, check_k, check_queries, per_query
+from index_store.region_search import RegionIndex, RegionSearching, RegionVectors, open_region_vectors
+from index_store.search import CaseRows, Exclusion, QueryHits, check_k, check_queries, per_query
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +51,18 @@ def milvus_errors(doing: str) -> Iterator[None]:
         raise IndexUnavailableError(f"Milvus failed while {doing}: {exc}") from exc
 
 
-class MilvusSnapshot:
+class MilvusSnapshot(RegionSearching):
     """A verified snapshot pinned to its concrete collection (never the alias), so a search that holds it
     keeps its version whatever is activated meanwhile. `close()` keeps the collection loaded: other
     replicas may serve it."""
 
-    def __init__(self, client: MilvusClient, collection: str, manifest: Manifest, occlusion: NpyRows | None):
+    def __init__(self, client: MilvusClient, collection: str, manifest: Manifest, occlusion: NpyRows | None,
+                 regions: tuple[RegionVectors, CaseRows] | None = None):
         self.manifest = manifest
         self.collection = collection
         self._client = client
         self._occlusion = occlusion
+        self._regions = None if regions is None else RegionIndex(*regions, manifest.version, self.search)
         self._close_lock = threading.Lock()
         self.closed = False
 
@@ -130,6 +133,7 @@ class MilvusSnapshot:
             self.closed = True
             if self._occlusion is not None:
                 self._occlusion.close()
+            self._close_regions()
         log.info("snapshot closed", extra={"version": self.version})
 
     def _row(self, case_id: str) -> int:
@@ -146,8 +150,8 @@ class MilvusSnapshot:
 
 
 def open_collection(client: MilvusClient, collection: str, manifest: Manifest, sidecar: Path) -> MilvusSnapshot:
-    """Load `collection`, recompute every digest of `manifest` from its rows (and the occlusion file in
-    `sidecar`), then run the canary: each canary row's stored vector must find its own case first."""
+    """Load `collection`, recompute every digest of `manifest` from its rows (and the occlusion and region
+    files in `sidecar`), then run the canary: each canary row's stored vector must find its own case first."""
     where = Path(collection)
     client.load_collection(collection)
     digests, canary = _read_back(client, collection, manifest)
@@ -156,11 +160,15 @@ def open_collection(client: MilvusClient, collection: str, manifest: Manifest, s
         if manifest.files.get(name) != digest:
             raise SnapshotCorruptError(f"{name} of collection {collection}: the rows do not match the manifest's "
                                        "SHA-256", where / name)
+    for name in (OCCLUSION_FILE, REGION_FILE):
+        if name in manifest.files:
+            verify_digest(sidecar / name, manifest.files[name])
     occlusion = None
     if manifest.occlusion_regions is not None:
-        verify_digest(sidecar / OCCLUSION_FILE, manifest.files[OCCLUSION_FILE])
         occlusion = NpyRows(sidecar / OCCLUSION_FILE, (manifest.count, manifest.occlusion_regions, manifest.dimension))
-    snapshot = MilvusSnapshot(client, collection, manifest, occlusion)
+    region_vectors = open_region_vectors(sidecar, manifest)
+    regions = None if region_vectors is None else (region_vectors, digests.case_rows(GROUP_KEYS_FILE in manifest.files))
+    snapshot = MilvusSnapshot(client, collection, manifest, occlusion, regions)
     try:
         hits = snapshot.search(np.stack([vector for vector, _ in canary]), 1)
         for (_, case_id), hit in zip(canary, hits, strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,6 +37,31 @@ class QueryHits:
     case_ids: tuple[str, ...]
     scores: tuple[float, ...]
     ranks: tuple[int, ...]
+
+
+class CaseRows:
+    """A snapshot's case ids in row order and its patient groups: row lookups and the rows an exclusion removes."""
+
+    def __init__(self, case_ids: tuple[str, ...], group_keys: tuple[str, ...] | None):
+        self.case_ids = case_ids
+        self.has_group_keys = group_keys is not None
+        self._rows = {case_id: row for row, case_id in enumerate(case_ids)}
+        grouped: dict[str, list[int]] = defaultdict(list)
+        for row, key in enumerate(group_keys or ()):
+            grouped[key].append(row)
+        self._group_rows = {key: np.asarray(rows, dtype=np.int64) for key, rows in grouped.items()}
+
+    def row(self, case_id: str) -> int | None:
+        """The row of `case_id`, or None when the snapshot does not hold it."""
+        return self._rows.get(case_id)
+
+    def excluded(self, exclusion: Exclusion, version: str) -> np.ndarray:
+        """The sorted rows `exclusion` removes; SnapshotInputError for group keys the snapshot `version` lacks."""
+        if exclusion.group_keys and not self.has_group_keys:
+            raise SnapshotInputError(f"snapshot {version} has no group keys to exclude by")
+        rows = [self._rows[c] for c in exclusion.case_ids if c in self._rows]
+        groups = [self._group_rows[g] for g in exclusion.group_keys if g in self._group_rows]
+        return np.unique(np.concatenate([np.asarray(rows, dtype=np.int64), *groups]))
 
 
 def check_queries(queries: np.ndarray, dimension: int) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +35,17 @@ from index_store.manifest import (
     parse_manifest,
     utc_timestamp,
 )
+from index_store.region_search import (
+    RegionIndex,
+    RegionSearching,
+    RegionVectors,
+    open_region_vectors,
+    read_region_embeddings,
+    region_count,
+    write_region_file,
+)
 from index_store.search import (
+    CaseRows,
     Exclusion,
     QueryHits,
     check_k,
@@ -83,6 +92,7 @@ def write_snapshot(
     occlusion = gallery.occlusion_embeddings
     if occlusion is not None:
         files[OCCLUSION_FILE] = _write_npy(directory / OCCLUSION_FILE, occlusion)
+    files.update(write_region_file(directory, gallery.region_embeddings))
     manifest = Manifest(
         version=version,
         created=utc_timestamp(now),
@@ -94,6 +104,7 @@ def write_snapshot(
         occlusion_regions=None if occlusion is None else occlusion.shape[1],
         canary_rows=canary_rows,
         files=files,
+        region_count=region_count(gallery.region_embeddings),
     )
     write_new_file(directory / MANIFEST_FILE, lambda f: f.write(manifest.to_json()))
     fsync_directory(directory)
@@ -128,8 +139,9 @@ def _choose_canary_rows(index: faiss.Index, embeddings: np.ndarray, factory: str
     return rows
 
 
-class Snapshot:
-    """A verified, loaded snapshot: search, per-case embeddings and occlusion embeddings; `close()` frees it."""
+class Snapshot(RegionSearching):
+    """A verified, loaded snapshot: search, region-level search, per-case embeddings and occlusion embeddings;
+    `close()` frees it."""
 
     def __init__(
         self,
@@ -139,6 +151,7 @@ class Snapshot:
         case_ids: tuple[str, ...],
         group_keys: tuple[str, ...] | None,
         occlusion: NpyRows | None,
+        region_vectors: RegionVectors | None,
         device: str,
     ):
         self.path = path
@@ -147,13 +160,9 @@ class Snapshot:
         self.has_group_keys = group_keys is not None
         self._index = index
         self._occlusion = occlusion
-        self._rows = {case_id: row for row, case_id in enumerate(case_ids)}
-        self._group_rows: dict[str, np.ndarray] = {}
-        if group_keys is not None:
-            grouped: dict[str, list[int]] = defaultdict(list)
-            for row, key in enumerate(group_keys):
-                grouped[key].append(row)
-            self._group_rows = {key: np.asarray(rows, dtype=np.int64) for key, rows in grouped.items()}
+        self._case_rows = CaseRows(case_ids, group_keys)
+        self._regions = None if region_vectors is None else RegionIndex(
+            region_vectors, self._case_rows, manifest.version, self.search)
         self._searcher = make_searcher(index, device)
         self._close_lock = threading.Lock()
         self.closed = False
@@ -177,7 +186,7 @@ class Snapshot:
         """
         batch = check_queries(queries, self.manifest.dimension)
         check_k(k)
-        excluded = [self._excluded_rows(e) for e in per_query(exclusions, len(batch))]
+        excluded = [self._case_rows.excluded(e, self.version) for e in per_query(exclusions, len(batch))]
         self._require_open()
         found = search_excluding(
             self._searcher, batch, min(k, self.manifest.count), excluded, self.manifest.count
@@ -217,6 +226,7 @@ class Snapshot:
             self._index = None
             if self._occlusion is not None:
                 self._occlusion.close()
+            self._close_regions()
         log.info("snapshot closed", extra={"version": self.version})
 
     def _require_open(self) -> None:
@@ -224,17 +234,10 @@ class Snapshot:
             raise SnapshotError(f"snapshot {self.version} is closed")
 
     def _row(self, case_id: str) -> int:
-        row = self._rows.get(case_id)
+        row = self._case_rows.row(case_id)
         if row is None:
             raise SnapshotNotFoundError(f"case is not in snapshot {self.version}")
         return row
-
-    def _excluded_rows(self, exclusion: Exclusion) -> np.ndarray:
-        if exclusion.group_keys and not self.has_group_keys:
-            raise SnapshotInputError(f"snapshot {self.version} has no group keys to exclude by")
-        rows = [self._rows[c] for c in exclusion.case_ids if c in self._rows]
-        groups = [self._group_rows[g] for g in exclusion.group_keys if g in self._group_rows]
-        return np.unique(np.concatenate([np.asarray(rows, dtype=np.int64), *groups]))
 
 
 def open_snapshot(
@@ -260,7 +263,8 @@ def open_snapshot(
     if manifest.occlusion_regions is not None:
         shape = (manifest.count, manifest.occlusion_regions, manifest.dimension)
         occlusion = NpyRows(directory / OCCLUSION_FILE, shape)
-    snapshot = Snapshot(directory, manifest, index, case_ids, group_keys, occlusion, device)
+    snapshot = Snapshot(directory, manifest, index, case_ids, group_keys, occlusion,
+                        open_region_vectors(directory, manifest), device)
     try:
         _run_canary(snapshot, canary)
     except BaseException:
@@ -275,7 +279,7 @@ def open_snapshot(
 def read_gallery(directory: Path) -> tuple[GalleryData, Manifest]:
     """The gallery of the snapshot in `directory`, verified and canary-checked as `open_snapshot` does, to
     publish it into another back end. Only an exact (Flat) snapshot holds the gallery's vectors unchanged;
-    its occlusion embeddings are memory-mapped, not read."""
+    its occlusion and region embeddings are memory-mapped, not read."""
     snapshot = open_snapshot(directory)
     try:
         if not faiss_index.is_exact(snapshot._index):
@@ -290,9 +294,10 @@ def read_gallery(directory: Path) -> tuple[GalleryData, Manifest]:
         occlusion = None
         if manifest.occlusion_regions is not None:
             occlusion = np.load(directory / OCCLUSION_FILE, mmap_mode="r", allow_pickle=False)
+        regions = read_region_embeddings(directory, manifest)
     finally:
         snapshot.close()
-    return GalleryData(embeddings, snapshot.case_ids, group_keys, occlusion), manifest
+    return GalleryData(embeddings, snapshot.case_ids, group_keys, occlusion, regions), manifest
 
 
 def _read_verified_manifest(directory: Path, version: str | None, fingerprint: str | None) -> Manifest:

@@ -30,3 +30,27 @@ def clustered_unit_vectors(centres: np.ndarray, count: int, spread: float, seed:
         chunk += centres[rng.integers(0, len(centres), len(chunk))]
         chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
     return vectors
+
+
+def region_centres(regions: int, clusters: int, dimension: int, seed: int) -> np.ndarray:
+    """Each region's own mixture centres: float32 (regions, clusters, dimension) unit vectors."""
+    return np.stack([cluster_centres(clusters, dimension, seed + region) for region in range(regions)])
+
+
+def region_gallery(centres: np.ndarray, count: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` synthetic cases with per-region vectors tied to their image vector as in the network.
+
+    Each case draws, for every region independently, a vector of that region's mixture (`centres`
+    (R, C, D), see clustered_unit_vectors): nodes float32 (count, R, D), unit rows. Its image vector is
+    the normalised mean of its region vectors (the network normalises the mean of its unnormalised
+    region states), float32 (count, D).
+    """
+    regions, _, dimension = centres.shape
+    nodes = np.empty((count, regions, dimension), dtype=np.float32)
+    for region in range(regions):
+        nodes[:, region] = clustered_unit_vectors(centres[region], count, spread, seed + region)
+    image = np.empty((count, dimension), dtype=np.float32)
+    for start in range(0, count, _CHUNK_ROWS):
+        mean = nodes[start : start + _CHUNK_ROWS].mean(axis=1)
+        image[start : start + _CHUNK_ROWS] = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    return image, nodes

@@ -20,7 +20,8 @@ from model.runtime import choose_runtime
 
 @dataclass(frozen=True)
 class Embeddings:
-    """Embeddings of a batch: `image` (B, D) L2-normalised, `nodes` (B, 18, D) last-layer node states."""
+    """Embeddings of a batch: `image` (B, D) and, per region, `nodes` (B, 18, D), each L2-normalised: a
+    region's node embedding is the state that the image embedding averages (NetworkOutput.node_embeddings)."""
 
     image: np.ndarray
     nodes: np.ndarray
@@ -72,7 +73,7 @@ class Embedder:
         """Run the network on precomputed region features (B, 18, feature_dim)."""
         output = self.network(region_features.to(self.device, self.dtype))
         return Embeddings(image=output.embedding.float().cpu().numpy(),
-                          nodes=output.node_states.float().cpu().numpy())
+                          nodes=output.node_embeddings.float().cpu().numpy())
 
     def embed_batch(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> Embeddings:
         """Embed grey images in [0, 1] (each (H, W)) with their validated boxes (B, 18, 4)."""

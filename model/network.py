@@ -21,6 +21,7 @@ class NetworkOutput(NamedTuple):
     node_logits: Tensor | None  # (b, n, num_classes): the image classifier on each region (node_supervision)
     node_states: Tensor  # (b, n, width) node states of the last layer (h0 for V0)
     embedding: Tensor  # (b, width) L2-normalised retrieval embedding
+    node_embeddings: Tensor  # (b, n, width) each region's retrieval state, L2-normalised per region
 
 
 class CheXtriev(nn.Module):
@@ -61,7 +62,7 @@ class CheXtriev(nn.Module):
         embedding = F.normalize(reduce(retrieved, "b n d -> b d", "mean"), dim=-1)
         logits = self.classifier(reduce(h, "b n d -> b d", "mean"))
         node_logits = self.classifier(h) if self.config.node_supervision else None
-        return NetworkOutput(logits, node_logits, h, embedding)
+        return NetworkOutput(logits, node_logits, h, embedding, F.normalize(retrieved, dim=-1))
 
     def _check_input(self, region_features: Tensor) -> None:
         expected = f"(batch, {self.config.num_regions}, {self.config.input_dim})"

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index_store.errors import (
     IndexUnavailableError,
+    RegionSearchUnavailableError,
     SnapshotCorruptError,
     SnapshotError,
     SnapshotExistsError,
@@ -137,6 +138,9 @@ def problem_from_error(error: ChextrievError | SnapshotError) -> Problem:
         return unavailable("index-unavailable", "the index back end cannot answer now; try again later")
     if isinstance(error, ArchiveUnavailableError):  # the archive's fault; a client may try again later
         return unavailable("archive-unavailable", str(error))
+    if isinstance(error, RegionSearchUnavailableError):
+        return Problem(422, "region-search-unavailable", str(error), [
+            field_problem("regions_of_interest", "the active index snapshot has no per-region vectors")])
     if isinstance(error, RegionError):
         return Problem(422, "invalid-regions", str(error), [
             field_problem("regions", p.problem, region=p.region) for p in error.problems])

@@ -36,7 +36,9 @@ class SearchResult(BaseModel):
 
     rank: int
     case_id: str
-    score: float = Field(description="cosine similarity of the query and the case")
+    score: float = Field(description="cosine similarity of the query and the case: of their whole-image "
+                                     "embeddings, or with regions of interest the mean over those regions of "
+                                     "their region embeddings' cosine similarity")
     findings: list[str]
     metadata: PublicMetadata = Field(description=f"allow-listed keys only: {', '.join(sorted(PUBLIC_METADATA_KEYS))}")
 
@@ -87,6 +89,8 @@ class SearchResponse(BaseModel):
     regions: list[CaseRegion] = Field(description="the 18 boxes the search used, in pixels of the uploaded image")
     anatomy_model_version: str | None = Field(
         default=None, description="SHA-256 of the anatomy model file, when the model placed the regions")
+    regions_of_interest: list[str] | None = Field(
+        default=None, description="the regions that ranked the results, as sent; null: the whole image")
     results: list[SearchResult]
     source: ArchiveSource | None = Field(
         default=None, description="for a search by study UID: the archive's instance searched with")
@@ -183,6 +187,7 @@ class SnapshotSummary(BaseModel):
     factory: str | None = None
     search_parameters: str | None = None
     occlusion_regions: int | None = None
+    region_count: int | None = Field(default=None, description="regions with per-region vectors (region search)")
     problem: str | None = None
 
     @classmethod

@@ -10,9 +10,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from index_store.backend import ServingSnapshot
 from index_store.errors import SnapshotError
-from index_store.search import Exclusion
+from index_store.search import Exclusion, QueryHits
 from model.anatomy import parse_regions
+from model.embedder import Embeddings
 from model.errors import ChextrievError
 from model.imaging import DecodedImage, ImageLimits, decode_image
 from model.patient_keys import patient_hash
@@ -23,6 +25,7 @@ from service.problems import Problem, field_problem, problem_from_error
 from service.query_cache import CachedQuery
 from service.query_regions import client_regions, model_regions
 from service.reference_search import StudyReference, fetch_reference
+from service.regions_of_interest import RegionsOfInterest, parse_regions_of_interest
 from service.schemas import ArchiveSource, SearchResponse, SearchResult, SearchTimings, region_entries
 from service.settings import Settings
 from service.state import ServiceState
@@ -35,12 +38,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SearchQuery:
     """One search request: the uploaded file's bytes or the archive's study to fetch them from (exactly
-    one of the two), the regions JSON text (None: the anatomy model places them), k, and whose cases to skip."""
+    one of the two), the regions JSON text (None: the anatomy model places them), k, whose cases to skip,
+    and the regions of interest JSON text (None: whole image)."""
 
     image: bytes | None
     regions: str | None
     k: int
     exclude_patient_id: str | None = None
+    regions_of_interest: str | None = None
     reference: StudyReference | None = None
 
 
@@ -84,8 +89,10 @@ def upload_limits_of(settings: Settings) -> ImageLimits:
 def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
     embedder, index = state.require_ready()
     batcher = state.batcher
-    # Malformed boxes are refused before the image is decoded.
+    # Malformed boxes and regions of interest are refused before the image is decoded.
     sent_boxes = parse_regions(query.regions) if query.regions is not None else None
+    interest = (parse_regions_of_interest(query.regions_of_interest)
+                if query.regions_of_interest is not None else None)
     exclusion = _exclusion(state, query.exclude_patient_id)
     upload, source = query.image, None
     if query.reference is not None:
@@ -105,7 +112,7 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
             raise Problem(422, "patient-exclusion-unavailable",
                           f"snapshot {snapshot.version} has no patient group keys to exclude by",
                           [field_problem("exclude_patient_id", "the active index cannot exclude by patient")])
-        hits = snapshot.search(embeddings.image, query.k, exclusion)[0]
+        hits = _ranked(state, snapshot, embeddings, query.k, exclusion, interest)
         warm_occlusions = not snapshot.has_occlusions
     with timer.phase("db"), session_scope(state.sessions) as session:
         cases = get_cases(session, hits.case_ids)
@@ -127,6 +134,7 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
     return SearchResponse(query_id=query_id, index_version=hits.index_version, model_version=embedder.fingerprint,
                           regions_source=regions.source, regions=region_entries(boxes),
                           anatomy_model_version=state.anatomy.fingerprint if regions.source == "model" else None,
+                          regions_of_interest=None if interest is None else list(interest.names),
                           results=results, source=source, timing_ms=SearchTimings(
                               fetch=phases.get("fetch", 0.0), decode=phases["decode"], anatomy=phases["anatomy"],
                               embed=phases["embed"], search=phases["search"], db=phases["db"], total=timer.total_ms()))
@@ -137,6 +145,17 @@ def _fetch_reference(state: ServiceState, reference: StudyReference) -> tuple[by
     data, instance = fetch_reference(DicomwebArchive.from_settings(state.settings), reference)
     return data, ArchiveSource(study_uid=instance.study_uid, series_uid=instance.series_uid, sop_uid=instance.sop_uid,
                                modality=instance.modality or None, view_position=instance.view_position or None)
+
+
+def _ranked(state: ServiceState, snapshot: ServingSnapshot, embeddings: Embeddings, k: int,
+            exclusion: Exclusion | None, interest: RegionsOfInterest | None) -> QueryHits:
+    """The whole-image search, or with regions of interest the region-level search (exact, or re-ranking
+    the configured whole-image shortlist)."""
+    if interest is None:
+        return snapshot.search(embeddings.image, k, exclusion)[0]
+    return snapshot.search_regions(embeddings.nodes[0], interest.indices, k, exclusion,
+                                   shortlist=state.settings.region_search_shortlist,
+                                   image_query=embeddings.image[0])
 
 
 def _exclusion(state: ServiceState, patient_id: str | None) -> Exclusion | None:

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # `occlusion_warm_results` results computed in the background while no search runs (0: none).
     occlusion_cache_size: int = Field(default=256, gt=0)
     occlusion_warm_results: int = Field(default=3, ge=0)
+    # Region-level search (POST /search with regions_of_interest): None scores every gallery case (exact);
+    # a number M re-ranks only the M best cases of the whole-image search (see README, "Region-level search").
+    region_search_shortlist: int | None = Field(default=None, gt=0)
     admin_token: SecretStr | None = None
     query_ttl_seconds: int = 900
     query_cache_size: int = 256

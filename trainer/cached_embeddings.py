@@ -60,6 +60,16 @@ def network_embeddings(network: CheXtriev, cache: FeatureCache, rows: np.ndarray
     return _in_batches(cache.region_features, rows, lambda features: network(features).embedding, target)
 
 
+@torch.inference_mode()
+def network_node_embeddings(network: CheXtriev, cache: FeatureCache, rows: np.ndarray, *,
+                            device: str = "auto") -> np.ndarray:
+    """CheXtriev's per-region retrieval embeddings (float32 (N, 18, D), each region L2-normalised) of the
+    cache rows `rows`: what region-level search ranks by."""
+    target = select_device(device)
+    network = network.to(target).eval()
+    return _in_batches(cache.region_features, rows, lambda features: network(features).node_embeddings, target)
+
+
 def _in_batches(features: np.ndarray, rows: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
                 device: torch.device) -> np.ndarray:
     """embed() of the float32 features of `rows` (not empty), BATCH_SIZE rows at a time, as one array."""

@@ -1,7 +1,8 @@
 """Export a gallery's CheXtriev embeddings for the index store (`chextriev index build --embeddings`).
 
 The `.npz` follows the gallery embeddings format of index_store.gallery: `embeddings` float32 (N, D)
-L2-normalised, `case_ids` unicode (N,), `model_fingerprint` a 0-d unicode string (the checkpoint's
+L2-normalised, `region_embeddings` float32 (N, 18, D) (each region's node embedding, L2-normalised, for
+region-level search), `case_ids` unicode (N,), `model_fingerprint` a 0-d unicode string (the checkpoint's
 fingerprint) and, when a salt is given, `group_keys` unicode (N,) for same-patient exclusion.
 A group key is HMAC-SHA256(salt, patient group) (model.patient_keys, shared with the service
 database): opaque without the salt, so no patient id leaves the trainer. An image without a patient
@@ -21,7 +22,7 @@ import numpy as np
 from model.errors import ChextrievError
 from model.fileio import atomic_write_bytes
 from model.patient_keys import PatientKeyError, patient_group_keys
-from trainer.cached_embeddings import load_network_for, network_embeddings, patient_groups
+from trainer.cached_embeddings import load_network_for, network_embeddings, network_node_embeddings, patient_groups
 from trainer.feature_cache import FeatureCache
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def export_gallery(cache: FeatureCache, checkpoint_dir: str | os.PathLike, out_p
     network, info = load_network_for(cache, checkpoint_dir)
     arrays = {
         "embeddings": network_embeddings(network, cache, rows, device=device).astype(np.float32),
+        "region_embeddings": network_node_embeddings(network, cache, rows, device=device).astype(np.float32),
         "case_ids": np.asarray(cache.case_ids[rows], dtype=str),
         "model_fingerprint": np.array(info.fingerprint, dtype=str),
     }

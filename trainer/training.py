@@ -53,7 +53,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,11 +72,12 @@ from trainer.feature_cache import FeatureCache
 if TYPE_CHECKING:  # Lightning and scipy load when a run trains, not with TrainingConfig (the demo's warm start)
     import lightning as L
 
-    from trainer.lightning_module import CachedFeatureDataModule, EpochRecord, EpochRecorder
+    from trainer.lightning_module import CachedFeatureDataModule, ValidationRecord, ValidationRecorder
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIRNAME = "checkpoint"
+SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
 # What the node logits of node supervision (V4) are trained against.
 REGION_NODE_TARGETS = "region labels: the findings each region shows, from the feature cache"
 IMAGE_NODE_TARGETS = "image labels broadcast to all 18 regions (the feature cache holds no region labels)"
@@ -88,7 +89,8 @@ class TrainingError(ChextrievError):
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation settings; the defaults are the paper's (see the module docstring)."""
+    """Optimisation settings and the training objective; the defaults are the paper's (see the module
+    docstring), PRESETS names them and the small-data setting."""
 
     lr: float = 1e-4
     batch_size: int = 16
@@ -105,6 +107,16 @@ class TrainingConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     merge_micro_batches: bool = True
+    # Counted in optimiser steps: validate every this many (None: once per epoch, the paper's).
+    validation_interval: int | None = None
+    # The effective batch is cut to at most this share of the training images (1: never cut).
+    max_batch_fraction: float = 1.0
+    schedule: str = "plateau"  # "plateau": ReduceLROnPlateau per validation; "cosine": warm-up + cosine in steps
+    warmup_fraction: float = 0.0  # cosine: the share of the run's steps that warm the rate up
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0: Adam, the paper's
+    node_loss_weight: float = 0.0  # node BCE against region labels for any variant (V4 always has weight 1)
+    contrastive_weight: float = 0.0  # supervised contrastive loss on the node embeddings, per region
+    contrastive_temperature: float = 0.1
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be a positive integer, got {getattr(self, name)!r}"
@@ -114,10 +126,25 @@ class TrainingConfig:
                      for name in ("patience", "lr_patience", "seed")
                      if not _is_int(getattr(self, name)) or getattr(self, name) < 0]
         problems += [f"{name} must be a positive number, got {getattr(self, name)!r}"
-                     for name in ("lr", "gradient_clip")
+                     for name in ("lr", "gradient_clip", "contrastive_temperature")
                      if not _is_number(getattr(self, name)) or not getattr(self, name) > 0]
+        problems += [f"{name} must be a number of 0 or more, got {getattr(self, name)!r}"
+                     for name in ("weight_decay", "node_loss_weight", "contrastive_weight")
+                     if not _is_number(getattr(self, name)) or getattr(self, name) < 0]
         if not _is_number(self.lr_factor) or not 0 < self.lr_factor < 1:
             problems.append(f"lr_factor must be a number in (0, 1), got {self.lr_factor!r}")
+        if not _is_number(self.max_batch_fraction) or not 0 < self.max_batch_fraction <= 1:
+            problems.append(f"max_batch_fraction must be a number in (0, 1], got {self.max_batch_fraction!r}")
+        if not _is_number(self.warmup_fraction) or not 0 <= self.warmup_fraction < 1:
+            problems.append(f"warmup_fraction must be a number in [0, 1), got {self.warmup_fraction!r}")
+        if self.validation_interval is not None and (not _is_int(self.validation_interval)
+                                                     or self.validation_interval < 1):
+            problems.append(f"validation_interval must be a positive integer or None, got {self.validation_interval!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        elif self.schedule == "plateau" and self.validation_interval is not None:
+            problems.append("the plateau schedule steps once per epoch: use it without validation_interval, "
+                            "or use the cosine schedule")
         if not isinstance(self.merge_micro_batches, bool):
             problems.append(f"merge_micro_batches must be True or False, got {self.merge_micro_batches!r}")
         if not (self.devices == "auto" or _is_int(self.devices) and self.devices >= 1):
@@ -125,35 +152,70 @@ class TrainingConfig:
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TrainingConfig:
+        """The named preset (PRESETS) with `overrides` applied."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown training preset {name!r}; expected one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dictionary of every setting."""
         return asdict(self)
 
 
 @dataclass(frozen=True)
+class TrainingRows:
+    """The cache rows to train on and to validate on (default: the cache's train and val splits)."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+@dataclass(frozen=True)
+class RegionTargets:
+    """Node labels from outside the cache (a regional-findings table): (N, 18, C) labels per cache row and
+    (N, 18) whether each is known, and what they are, for the checkpoint."""
+
+    labels: np.ndarray
+    known: np.ndarray
+    description: str
+
+
+@dataclass(frozen=True)
 class TrainingResult:
     """What a training run produced; `best_val_auc` is None when the model was selected on the
     validation loss (`selected_on`), because no finding had both positives and negatives in val;
-    `node_supervision_targets` says what the node logits were trained against (REGION_NODE_TARGETS or
-    IMAGE_NODE_TARGETS; None without node supervision)."""
+    `node_supervision_targets` says what the node logits were trained against (REGION_NODE_TARGETS,
+    IMAGE_NODE_TARGETS or a table's; None without node supervision). `history` has one record per
+    validation; `best` is the one whose weights were kept."""
 
     checkpoint_dir: Path
     best_val_auc: float | None
-    best_epoch: int
+    best: ValidationRecord
     selected_on: str
     epochs_run: int
+    steps_run: int
+    effective_batch: int
     seconds_per_epoch: float
-    history: list[EpochRecord]
+    history: list[ValidationRecord]
     parameters: int
     world_size: int
     global_rank: int
     node_supervision_targets: str | None
 
+    @property
+    def best_epoch(self) -> int:
+        """The epoch of the validation whose weights were kept."""
+        return self.best.epoch
+
 
 def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConfig,
-          out_dir: str | os.PathLike) -> TrainingResult:
-    """Train `model_config` on the cache's train split, validate on its val split, and write the
-    selected weights with model.checkpoint.save_checkpoint into `out_dir`/checkpoint (rank 0 only).
+          out_dir: str | os.PathLike, *, rows: TrainingRows | None = None,
+          region_targets: RegionTargets | None = None) -> TrainingResult:
+    """Train `model_config` on the cache's train split (or `rows.train`), validate on its val split (or
+    `rows.val`), and write the selected weights with model.checkpoint.save_checkpoint into
+    `out_dir`/checkpoint (rank 0 only). `region_targets` replace the cache's node labels.
 
     Raises TrainingError, before anything is written, when the configuration does not fit the cache,
     a split is empty, or `out_dir` already holds a checkpoint; and, without writing a checkpoint,
@@ -169,36 +231,40 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
 
     out_dir = Path(out_dir)
     checkpoint_dir = out_dir / CHECKPOINT_DIRNAME
-    train_rows, val_rows = _split_rows(cache)
+    train_rows, val_rows = _split_rows(cache) if rows is None else _given_rows(rows)
     _check_fits(cache, model_config, checkpoint_dir)
     auc_classes = evaluable_classes(cache.labels[val_rows])
     select_on = "val_auc" if auc_classes else "val_loss"
     if not auc_classes:
         logger.warning("no finding has both positives and negatives in the validation split: "
                        "selecting the epoch with the lowest validation loss", extra={"val_images": len(val_rows)})
-    if training.lr_patience >= training.patience - 1:
+    if training.schedule == "plateau" and training.lr_patience >= training.patience - 1:
         logger.warning("the learning rate cannot drop before early stopping ends the run: lr_patience must be "
                        "below patience - 1", extra={"lr_patience": training.lr_patience, "patience": training.patience})
-    node_labels, node_targets = _node_supervision(cache, model_config)
+    node_labels, node_known, node_targets = _node_supervision(cache, model_config, training, region_targets)
 
     L.seed_everything(training.seed, workers=True, verbose=False)
     network = CheXtriev(model_config)
     merged = merges_micro_batches(network, training)
-    data = CachedFeatureDataModule(cache.region_features, cache.labels, node_labels, train_rows, val_rows,
-                                   training.batch_size * (training.accumulate_grad_batches if merged else 1))
-    trainer, recorder = _fit(network, data, model_config, training, out_dir, select_on, merged)
-    if recorder.best_epoch is None:
+    batch_size, accumulate = effective_batch(training, len(train_rows))
+    data = CachedFeatureDataModule(cache.region_features, cache.labels, node_labels, node_known, train_rows,
+                                   val_rows, batch_size * (accumulate if merged else 1))
+    trainer, recorder = _fit(network, data, model_config, training, out_dir, select_on, merged,
+                             (batch_size, accumulate))
+    if recorder.best is None:
         raise TrainingError("no epoch reached a finite validation score (training diverged); "
                             "try a lower learning rate")
-    history = recorder.history
-    best = next(record for record in history if record.epoch == recorder.best_epoch)
+    history, best = recorder.history, recorder.best
+    epochs_run = history[-1].epoch + 1
     result = TrainingResult(
         checkpoint_dir=checkpoint_dir,
         best_val_auc=best.val_auc if select_on == "val_auc" else None,
-        best_epoch=best.epoch,
+        best=best,
         selected_on=select_on,
-        epochs_run=len(history),
-        seconds_per_epoch=float(np.mean([record.seconds for record in history])),
+        epochs_run=epochs_run,
+        steps_run=int(trainer.global_step),
+        effective_batch=batch_size * accumulate * trainer.world_size,
+        seconds_per_epoch=float(sum(record.seconds for record in history) / epochs_run),
         history=history,
         parameters=sum(parameter.numel() for parameter in network.parameters()),
         world_size=trainer.world_size,
@@ -211,11 +277,14 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
             "dataset": cache.dataset_name,
             "label_names": list(cache.label_names),
             "training": training.to_dict(),
-            "best_epoch": result.best_epoch,
+            "best_epoch": best.epoch,
+            "best_step": best.step,
             "selected_on": select_on,
             "val_auc": result.best_val_auc,
             "val_auc_labels": [cache.label_names[c] for c in auc_classes],
             "epochs_run": result.epochs_run,
+            "steps_run": result.steps_run,
+            "effective_batch": result.effective_batch,
             "seconds_per_epoch": result.seconds_per_epoch,
             "seed": training.seed,
             "world_size": trainer.world_size,
@@ -231,26 +300,47 @@ def train(cache: FeatureCache, model_config: ModelConfig, training: TrainingConf
         _write_checkpoint_dir(checkpoint_dir, network, cache, metadata)
         logger.info("checkpoint written", extra={"directory": str(checkpoint_dir), "global_rank": trainer.global_rank})
         logger.info("training finished", extra={
-            "best_epoch": result.best_epoch, "selected_on": select_on, "val_auc": result.best_val_auc,
-            "epochs_run": result.epochs_run, "seconds_per_epoch": result.seconds_per_epoch,
+            "best_epoch": best.epoch, "best_step": best.step, "selected_on": select_on,
+            "val_auc": result.best_val_auc, "epochs_run": result.epochs_run, "steps_run": result.steps_run,
+            "effective_batch": result.effective_batch, "seconds_per_epoch": result.seconds_per_epoch,
             "parameters": result.parameters})
     trainer.strategy.barrier("checkpoint written")
     return result
 
 
-def _node_supervision(cache: FeatureCache, model_config: ModelConfig) -> tuple[np.ndarray, str | None]:
-    """The node labels (N, 18, C): the cache's region labels, else its image labels broadcast to every
-    region; and, with node supervision, what they are (also logged, as a warning for the broadcast)."""
-    if cache.region_labels is not None:
-        node_labels, targets = cache.region_labels, REGION_NODE_TARGETS
+def effective_batch(training: TrainingConfig, train_images: int) -> tuple[int, int]:
+    """(micro-batch size, micro-batches accumulated) of one optimiser step on one device: the configured
+    ones, cut when their product exceeds max_batch_fraction of the training images (to at least one image),
+    so that a small training set still gives several steps an epoch."""
+    cap = max(1, int(training.max_batch_fraction * train_images))
+    batch_size, accumulate = training.batch_size, training.accumulate_grad_batches
+    if batch_size * accumulate <= cap:
+        return batch_size, accumulate
+    batch_size = min(batch_size, cap)
+    return batch_size, max(1, cap // batch_size)
+
+
+def _node_supervision(cache: FeatureCache, model_config: ModelConfig, training: TrainingConfig,
+                      region_targets: RegionTargets | None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """The node labels (N, 18, C) and which are known (N, 18): `region_targets`, else the cache's region
+    labels, else its image labels broadcast to every region; and, when a loss uses them (V4, a node or a
+    contrastive weight), what they are (also logged, as a warning for the broadcast)."""
+    shape = (cache.count, cache.region_features.shape[1], len(cache.label_names))
+    if region_targets is not None:
+        if region_targets.labels.shape != shape or region_targets.known.shape != shape[:2]:
+            raise TrainingError(f"region targets of shape {region_targets.labels.shape} do not fit the cache {shape}")
+        node_labels, known, targets = region_targets.labels, region_targets.known, region_targets.description
+    elif cache.region_labels is not None:
+        node_labels, known, targets = cache.region_labels, np.ones(shape[:2], dtype=bool), REGION_NODE_TARGETS
     else:
-        shape = (cache.count, cache.region_features.shape[1], len(cache.label_names))
-        node_labels, targets = np.broadcast_to(cache.labels[:, None, :], shape), IMAGE_NODE_TARGETS
-    if not model_config.node_supervision:
-        return node_labels, None
-    logger.log(logging.INFO if cache.region_labels is not None else logging.WARNING,
+        node_labels, known = np.broadcast_to(cache.labels[:, None, :], shape), np.ones(shape[:2], dtype=bool)
+        targets = IMAGE_NODE_TARGETS
+    uses_nodes = model_config.node_supervision or training.node_loss_weight > 0 or training.contrastive_weight > 0
+    if not uses_nodes:
+        return node_labels, known, None
+    logger.log(logging.WARNING if targets == IMAGE_NODE_TARGETS else logging.INFO,
                f"node supervision targets: {targets}")
-    return node_labels, targets
+    return node_labels, known, targets
 
 
 def merges_micro_batches(network: CheXtriev, training: TrainingConfig) -> bool:
@@ -261,18 +351,31 @@ def merges_micro_batches(network: CheXtriev, training: TrainingConfig) -> bool:
 
 
 def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelConfig, training: TrainingConfig,
-         out_dir: Path, select_on: str, merged: bool) -> tuple[L.Trainer, EpochRecorder]:
-    """Run Lightning's fit loop, accumulating in the module (`merged`) or in Lightning; the process-wide
-    deterministic-algorithms flag it sets is restored after."""
-    from trainer.lightning_module import CheXtrievModule, EpochRecorder
+         out_dir: Path, select_on: str, merged: bool,
+         batch: tuple[int, int]) -> tuple[L.Trainer, ValidationRecorder]:
+    """Run Lightning's fit loop with `batch` = (micro-batch, accumulated) per optimiser step, accumulating
+    in the module (`merged`) or in Lightning; the process-wide deterministic-algorithms flag it sets is
+    restored after."""
+    from trainer.lightning_module import CheXtrievModule, Objective, Optimisation, ValidationRecorder
 
-    accumulate = training.accumulate_grad_batches
-    module = CheXtrievModule(network, lr=training.lr, lr_factor=training.lr_factor, lr_patience=training.lr_patience,
-                             micro_batch=training.batch_size, micro_batches=accumulate if merged else 1)
-    recorder = EpochRecorder(select_on)
+    micro_batch, accumulate = batch
+    steps_per_epoch = math.ceil(len(data.train_set) / (micro_batch * accumulate))
+    total_steps = steps_per_epoch * training.max_epochs
+    optimisation = Optimisation(lr=training.lr, weight_decay=training.weight_decay, schedule=training.schedule,
+                                lr_factor=training.lr_factor, lr_patience=training.lr_patience,
+                                warmup_steps=math.ceil(training.warmup_fraction * total_steps), total_steps=total_steps)
+    objective = Objective(node_weight=training.node_loss_weight, contrastive_weight=training.contrastive_weight,
+                          temperature=training.contrastive_temperature)
+    module = CheXtrievModule(network, optimisation, objective, micro_batch=micro_batch,
+                             micro_batches=accumulate if merged else 1)
+    recorder = ValidationRecorder(select_on)
+    logger.info("training started", extra={"train_images": len(data.train_set), "val_images": len(data.val_set),
+                                           "effective_batch": micro_batch * accumulate, "steps_per_epoch": steps_per_epoch,
+                                           "validation_interval": training.validation_interval,
+                                           "schedule": training.schedule})
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        trainer = _trainer(training, out_dir, recorder, 1 if merged else accumulate)
+        trainer = _trainer(training, out_dir, recorder, 1 if merged else accumulate, steps_per_epoch)
         trainer.logger.log_hyperparams({"model": model_config.to_dict(), "training": training.to_dict()})
         # Lightning's progress bars print to stdout; send them to stderr with the logs, keeping stdout for results.
         with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
@@ -285,12 +388,20 @@ def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelC
     return trainer, recorder
 
 
-def _trainer(training: TrainingConfig, out_dir: Path, recorder: EpochRecorder, accumulate: int) -> L.Trainer:
-    """A Trainer with the paper's optimisation settings whose every output lands under `out_dir`."""
+def _trainer(training: TrainingConfig, out_dir: Path, recorder: ValidationRecorder, accumulate: int,
+             steps_per_epoch: int) -> L.Trainer:
+    """A Trainer with the configured optimisation settings whose every output lands under `out_dir`.
+    With a validation interval, validation runs every that many optimiser steps across epochs, and early
+    stopping counts those validations."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
+
     from lightning.pytorch.loggers import CSVLogger
 
+    interval = training.validation_interval
+    every_steps = {} if interval is None else {
+        "val_check_interval": min(interval, steps_per_epoch * training.max_epochs) * accumulate,
+        "check_val_every_n_epoch": None}
     return L.Trainer(
         default_root_dir=out_dir,
         logger=CSVLogger(out_dir, name="lightning_logs"),
@@ -303,12 +414,24 @@ def _trainer(training: TrainingConfig, out_dir: Path, recorder: EpochRecorder, a
         accumulate_grad_batches=accumulate,
         gradient_clip_val=training.gradient_clip,
         gradient_clip_algorithm="norm",
-        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=training.patience), recorder],
+        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=training.patience,
+                                 check_on_train_epoch_end=False), recorder],
         enable_checkpointing=False,  # the selected weights are written in this project's format instead
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         deterministic="warn",
+        **every_steps,
     )
+
+
+def _given_rows(rows: TrainingRows) -> tuple[np.ndarray, np.ndarray]:
+    """The caller's train and val rows; an empty one, or one row in both, is a TrainingError."""
+    train_rows, val_rows = np.asarray(rows.train, dtype=np.int64), np.asarray(rows.val, dtype=np.int64)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise TrainingError("training needs training rows and validation rows; one of them is empty")
+    if np.intersect1d(train_rows, val_rows).size:
+        raise TrainingError("a cache row is both a training and a validation row")
+    return train_rows, val_rows
 
 
 def _split_rows(cache: FeatureCache) -> tuple[np.ndarray, np.ndarray]:
@@ -355,3 +478,13 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+PRESETS: dict[str, TrainingConfig] = {
+    # The paper's, for Chest ImaGenome's 226k images: 256 images a step, validation once per epoch.
+    "paper": TrainingConfig(),
+    # For hundreds to thousands of images: small steps, many of them, validated often.
+    "small-data": TrainingConfig(
+        lr=1e-3, batch_size=32, accumulate_grad_batches=1, max_epochs=60, patience=15, validation_interval=5,
+        max_batch_fraction=0.25, schedule="cosine", warmup_fraction=0.05, weight_decay=0.01),
+}

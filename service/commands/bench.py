@@ -1,6 +1,7 @@
 """`chextriev bench`: gallery search speed (`search`), the index back ends compared (`backends`), peak
 memory of a search at the limits (`peak-memory`), embedding speed of the fast CPU runtime against eager
-PyTorch (`embed`), search over HTTP (`http`), the anatomy model's cost (`anatomy`); and the benchmarks
+PyTorch (`embed`), search over HTTP (`http`), the anatomy model's cost (`anatomy`), region-level search
+(`regions`); and the benchmarks
 other packages register in the entry-point group `chextriev.benches` (the trainer's `train`)."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from index_store.milvus_layout import INDEX_TYPES
 from model.backbones import BACKBONE_NAMES
 from model.errors import ChextrievError
 from model.imaging import ImageLimits
-from service.commands import bench_anatomy, bench_http
+from service.commands import bench_anatomy, bench_http, bench_regions
 from service.commands.arguments import positive_int, positive_ints
 from service.embed_bench import FAST_RUNTIMES, EmbedBenchConfig, run_embed_benchmark
 from service.peak_memory import FORMATS, SHAPES, PeakMemoryConfig, run_peak_memory
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_embed(benches)
     bench_http.register(benches)
     bench_anatomy.register(benches)
+    bench_regions.register(benches)
     for entry in entry_points(group=BENCH_GROUP):
         entry.load()(benches)
 

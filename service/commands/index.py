@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build = actions.add_parser("build", help="build a snapshot from a gallery embeddings .npz")
     build.add_argument("--embeddings", type=Path, required=True, help="gallery embeddings .npz")
     _add_backend_arguments(build, "publish the snapshot atomically into this local index store "
-                                  "(Milvus: the directory of the occlusion sidecars)")
+                                  "(Milvus: the directory of the occlusion and region sidecars)")
     build.add_argument("--out", type=Path, help="instead, write a local snapshot into this new staging directory")
     build.add_argument("--version", help="snapshot version (default: the UTC build time)")
     build.add_argument(
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     publish = actions.add_parser("publish", help="verify a staged snapshot and publish it into the index back end")
     publish.add_argument("--snapshot", type=Path, required=True, help="snapshot directory built with --out")
-    _add_backend_arguments(publish, "local index store directory (Milvus: the directory of the occlusion "
+    _add_backend_arguments(publish, "local index store directory (Milvus: the directory of the occlusion and region "
                                     "sidecars); Milvus takes an exact (Flat) snapshot, published as FLAT")
     publish.add_argument("--as-version", help="publish a copy under this version instead of the snapshot's own "
                                               "(e.g. a published one again, to rehearse activations)")
@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     clean = actions.add_parser("clean", help="remove what dead publishers left: staging directories, and in "
                                              "Milvus staging collections older than a day")
-    _add_backend_arguments(clean, "local index store directory (Milvus: the directory of the occlusion sidecars)")
+    _add_backend_arguments(clean, "local index store directory (Milvus: the directory of the occlusion and region "
+                                  "sidecars)")
     clean.set_defaults(handler=_clean)
 
 

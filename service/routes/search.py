@@ -20,6 +20,9 @@ router = APIRouter(tags=["search"])
 REGIONS_HELP = ('optional JSON: {"right lung": [x1, y1, x2, y2], ...} with the 18 Chest ImaGenome region names '
                 "in pixels of the uploaded image, or a Chest ImaGenome scene graph (objects with bbox_name and "
                 "original_x1..original_y2); without it the anatomy model finds the regions")
+REGIONS_OF_INTEREST_HELP = ('optional JSON list of 1-18 distinct region names, e.g. ["right lower lung zone"]: '
+                            "rank by the similarity of these regions only (the mean over them of the query's and "
+                            "the case's region embedding similarity); without it, by the whole image")
 
 
 UID_FIELD = {"pattern": UID_PATTERN, "max_length": UID_MAX_LENGTH}
@@ -42,14 +45,18 @@ async def search(
     k: Annotated[int, Form(ge=1, le=100, description="how many cases to return")] = 5,
     exclude_patient_id: Annotated[str | None, Form(
         description="leave out every gallery case of this patient (matched by salted hash)")] = None,
+    regions_of_interest: Annotated[str | None, Form(min_length=1, description=REGIONS_OF_INTEREST_HELP)] = None,
 ) -> SearchResponse:
     """The k most similar gallery cases, with their findings and metadata, the 18 regions used (the client's,
-    or the anatomy model's when none are sent: `regions_source`), the versions used and timings. The query
-    is an upload, or a study of the DICOMweb archive named by its UIDs (`source` says which instance)."""
+    or the anatomy model's when none are sent: `regions_source`), the versions used and timings. With
+    `regions_of_interest`, cases are ranked by how alike those regions are (the mean of the regions' node
+    embedding similarities) instead of the whole image. The query is an upload, or a study of the DICOMweb
+    archive named by its UIDs (`source` says which instance)."""
     reference = study_reference(image is not None, study_uid, series_uid, sop_uid)
     data = await read_within(image, state.settings.max_upload_bytes) if image is not None else None
     patient = exclude_patient_id.strip() if exclude_patient_id and exclude_patient_id.strip() else None
-    response = await run_in_threadpool(run_search, state, SearchQuery(data, regions, k, patient, reference))
+    response = await run_in_threadpool(run_search, state, SearchQuery(data, regions, k, patient, regions_of_interest,
+                                                                       reference))
     request.state.query_id = response.query_id
     return response
 

@@ -35,12 +35,13 @@ def two_inputs(sample_cases):
     return [sample_case_input(case) for case in sample_cases[:2]]
 
 
-def test_embedding_is_unit_length_with_node_states(checkpoint_dir, two_inputs):
+def test_image_and_node_embeddings_are_unit_length(checkpoint_dir, two_inputs):
     embedder = Embedder.from_checkpoint(checkpoint_dir)
     pixels, boxes = two_inputs[0]
     result = embedder.embed(pixels, boxes)
     assert result.image.shape == (1, 64) and result.nodes.shape == (1, 18, 64)
     assert np.linalg.norm(result.image[0]) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(result.nodes[0], axis=-1), 1.0, atol=1e-5)
 
 
 def test_batch_of_different_sizes_equals_single_embeddings(checkpoint_dir, two_inputs):

@@ -185,8 +185,9 @@ def test_retrieval_embedding_levels(retrieval):
         h0 = model.projection(x)
         h1 = model.layers[0](h0, h0, model.edges, model.location)
         assert torch.allclose(model.layers[1](h1, h0, model.edges, model.location), out.node_states, atol=1e-6)
-    pooled = (h0 + h1 + out.node_states if retrieval == "multilevel" else out.node_states).mean(dim=1)
-    assert torch.allclose(out.embedding, F.normalize(pooled, dim=-1), atol=1e-6)
+    per_region = h0 + h1 + out.node_states if retrieval == "multilevel" else out.node_states
+    assert torch.allclose(out.embedding, F.normalize(per_region.mean(dim=1), dim=-1), atol=1e-6)
+    assert torch.allclose(out.node_embeddings, F.normalize(per_region, dim=-1), atol=1e-6)
 
 
 def test_node_logits_apply_the_image_classifier_to_each_region():

@@ -298,6 +298,14 @@ def test_an_image_without_a_chest_is_refused_naming_the_problem(client, sessions
         assert list_recent_searches(session, 1)[0].status_code == 422
 
 
+def test_region_search_on_a_snapshot_without_region_vectors_is_refused(client, service_setup):
+    pixels, boxes = service_setup.inputs[QUERY_CASE]
+    response = search(client, png_bytes(pixels), regions_json(boxes), regions_of_interest='["right lung"]')
+    problem = assert_problem(response, 422, "regions_of_interest")
+    assert problem["type"].endswith(":region-search-unavailable") and PLAIN_VERSION in problem["detail"]
+    assert search(client, png_bytes(pixels), regions_json(boxes)).json()["regions_of_interest"] is None
+
+
 def test_exclude_patient_id_leaves_out_every_case_of_that_patient(client, service_setup, caplog):
     pixels, boxes = service_setup.inputs[QUERY_CASE]
     patient = service_setup.query_case.patient_id

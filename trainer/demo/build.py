@@ -39,7 +39,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -64,7 +64,7 @@ from model.imaging import decode_image
 from model.patient_keys import patient_group_keys
 from model.precision import dtype_named
 from model.saliency import occlusion_embeddings
-from trainer.cached_embeddings import load_network_for, network_embeddings, patient_groups
+from trainer.cached_embeddings import load_network_for, network_embeddings, network_node_embeddings, patient_groups
 from trainer.datasets.manifest import read_manifest
 from trainer.datasets.records import Dataset, ImageRecord
 from trainer.demo.samples import SAMPLE_DIR, load_sample_cases
@@ -359,14 +359,14 @@ def _train(directory: Path, cache: FeatureCache, model_config: ModelConfig) -> s
 
 
 def _published_snapshot(store: Path, version: str | None, fingerprint: str, occlusion: bool) -> Manifest | None:
-    """The recorded snapshot's manifest when it is published for this checkpoint (with occlusion
-    embeddings when they are asked for), else None. The service verifies its files when it loads it."""
+    """The recorded snapshot's manifest when it is published for this checkpoint with region vectors (and
+    occlusion embeddings when they are asked for), else None. The service verifies its files when it loads it."""
     try:
         entries = list_snapshots(store)
     except SnapshotError:
         return None
     manifest = next((entry.manifest for entry in entries if entry.version == version), None)
-    if (manifest is None or manifest.model_fingerprint != fingerprint
+    if (manifest is None or manifest.model_fingerprint != fingerprint or manifest.region_count is None
             or (occlusion and manifest.occlusion_regions is None)):
         return None
     return manifest
@@ -374,7 +374,8 @@ def _published_snapshot(store: Path, version: str | None, fingerprint: str, occl
 
 def _publish_gallery(paths: DemoPaths, dataset: Dataset, cache: FeatureCache, backbone: Backbone, salt: str,
                      occlusion: bool, compute: Compute) -> Manifest:
-    """Embed every case (from the cached features), add its occlusion embeddings and group key, publish."""
+    """Embed every case (from the cached features) with its region embeddings, add its occlusion
+    embeddings and group key, publish."""
     rows = np.flatnonzero(cache.usable)
     network, info = load_network_for(cache, paths.checkpoint)
     embedder = Embedder(backbone, network, info.fingerprint, device=select_device(compute.device),
@@ -383,11 +384,13 @@ def _publish_gallery(paths: DemoPaths, dataset: Dataset, cache: FeatureCache, ba
         embeddings=network_embeddings(embedder.network, cache, rows, device=compute.device).astype(np.float32),
         case_ids=tuple(str(case_id) for case_id in cache.case_ids[rows]),
         group_keys=tuple(patient_group_keys(patient_groups(cache, rows), salt)),
+        region_embeddings=network_node_embeddings(embedder.network, cache, rows,
+                                                  device=compute.device).astype(np.float32),
     )
     if occlusion:
         records = {record.case_id: record for record in dataset.records}
-        gallery = GalleryData(gallery.embeddings, gallery.case_ids, gallery.group_keys,
-                              gallery_occlusions(embedder, [records[case_id] for case_id in gallery.case_ids]))
+        gallery = replace(gallery, occlusion_embeddings=gallery_occlusions(
+            embedder, [records[case_id] for case_id in gallery.case_ids]))
     return publish_gallery(paths.index_store, gallery, model_fingerprint=info.fingerprint)
 
 

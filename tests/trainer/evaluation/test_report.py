@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from index_store.gallery import read_gallery_npz
+from index_store.snapshot import open_snapshot
 from model.backbones import build_backbone
 from model.checkpoint import BackboneRecord, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
@@ -18,7 +19,14 @@ from model.errors import CheckpointError
 from model.feature_extractor import FeatureExtractor
 from model.network import CheXtriev
 from service.cli import main
-from trainer.cached_embeddings import BASELINES, CHEXTRIEV, GLOBAL_CNN, REGION_MEAN, network_embeddings
+from trainer.cached_embeddings import (
+    BASELINES,
+    CHEXTRIEV,
+    GLOBAL_CNN,
+    REGION_MEAN,
+    network_embeddings,
+    network_node_embeddings,
+)
 from trainer.datasets.manifest import read_manifest
 from trainer.demo.samples import SAMPLE_DIR
 from trainer.evaluation.markdown import render_markdown
@@ -233,6 +241,8 @@ def test_gallery_export_is_accepted_by_the_index_store(cache, checkpoint, tmp_pa
     assert gallery.case_ids == tuple(cache.case_ids[rows])
     np.testing.assert_allclose(gallery.embeddings, network_embeddings(load_checkpoint(checkpoint)[0], cache, rows,
                                                                       device="cpu"), atol=1e-6)
+    np.testing.assert_allclose(gallery.region_embeddings, network_node_embeddings(  # for region-level search
+        load_checkpoint(checkpoint)[0], cache, rows, device="cpu"), atol=1e-6)
     patients = cache.patient_ids[rows]
     keys = np.array(gallery.group_keys)
     for i in range(len(rows)):
@@ -240,6 +250,7 @@ def test_gallery_export_is_accepted_by_the_index_store(cache, checkpoint, tmp_pa
         assert str(patients[i]) not in keys[i]
     assert main(["index", "build", "--embeddings", str(tmp_path / "gallery.npz"), "--out",
                  str(tmp_path / "snapshot")]) == 0
+    assert open_snapshot(tmp_path / "snapshot").has_region_vectors
 
 
 def test_group_keys_need_a_salt_that_is_long_enough(cache, checkpoint, tmp_path):
