@@ -3,7 +3,8 @@
 `errors` lists each bad field as ``{"field": ..., "problem": ...}`` (region problems add
 ``"region"``). Typed errors of the model and index store map to their statuses here, FastAPI's own
 validation errors and Starlette's routing errors are rewritten into the same shape, running out of
-memory or losing the database are 503s with `Retry-After`, and anything unexpected becomes a 500
+memory, losing the database or the DICOMweb archive are 503s with `Retry-After` (an archive too
+slow is 504), and anything unexpected becomes a 500
 whose detail carries only an error id (the traceback goes to the log).
 """
 
@@ -44,6 +45,7 @@ from model.errors import (
     UnsupportedImageError,
 )
 from service.db.session import driver_message
+from service.dicomweb import ArchiveNotFoundError, ArchiveTimeoutError, ArchiveUnavailableError
 from service.study_checks import UnsupportedStudyError
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ _CHEXTRIEV_ERRORS: tuple[tuple[type[Exception], int, str, str], ...] = (
     (CorruptImageError, 422, "corrupt-image", "image"),
     (UnsupportedStudyError, 422, "unsupported-study", "image"),
     (NoChestFoundError, 422, "no-chest-found", "image"),
+    (ArchiveNotFoundError, 404, "unknown-study", "study_uid"),
+    (ArchiveTimeoutError, 504, "archive-timeout", "study_uid"),
 )
 _SNAPSHOT_ERRORS: tuple[tuple[type[SnapshotError], int, str], ...] = (
     (SnapshotNotFoundError, 404, "snapshot-not-found"),
@@ -132,6 +136,8 @@ def problem_from_error(error: ChextrievError | SnapshotError) -> Problem:
     if isinstance(error, IndexUnavailableError):  # the back end's fault (Milvus down); details in the log
         logger.error("the index back end failed", extra={"problem": str(error)})
         return unavailable("index-unavailable", "the index back end cannot answer now; try again later")
+    if isinstance(error, ArchiveUnavailableError):  # the archive's fault; a client may try again later
+        return unavailable("archive-unavailable", str(error))
     if isinstance(error, RegionSearchUnavailableError):
         return Problem(422, "region-search-unavailable", str(error), [
             field_problem("regions_of_interest", "the active index snapshot has no per-region vectors")])

@@ -44,8 +44,10 @@ class SearchResult(BaseModel):
 
 
 class SearchTimings(BaseModel):
-    """Milliseconds per phase of a search (anatomy: checking the client's boxes or finding them)."""
+    """Milliseconds per phase of a search (fetch: from the archive, for a search by reference; anatomy:
+    checking the client's boxes or finding them)."""
 
+    fetch: float = 0.0
     decode: float
     anatomy: float
     embed: float
@@ -66,6 +68,16 @@ def region_entries(boxes: Any) -> list[CaseRegion]:
     return [CaseRegion(name=name, box=[float(v) for v in box]) for name, box in zip(REGION_NAMES, boxes, strict=True)]
 
 
+class ArchiveSource(BaseModel):
+    """The archive's instance a search by reference used: the one named, or the frontal chest one chosen."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str | None = None
+    view_position: str | None = None
+
+
 class SearchResponse(BaseModel):
     """The most similar gallery cases, the query's 18 regions and the versions that produced them."""
 
@@ -80,6 +92,8 @@ class SearchResponse(BaseModel):
     regions_of_interest: list[str] | None = Field(
         default=None, description="the regions that ranked the results, as sent; null: the whole image")
     results: list[SearchResult]
+    source: ArchiveSource | None = Field(
+        default=None, description="for a search by study UID: the archive's instance searched with")
     timing_ms: SearchTimings
 
 
@@ -154,8 +168,8 @@ class RegionsResponse(BaseModel):
 
 
 class CaseResponse(BaseModel):
-    """A gallery case as stored, its allow-listed fields only (never the patient, not even as a hash,
-    nor DICOM UIDs)."""
+    """A gallery case as stored, its allow-listed fields only (never the patient, not even as a hash, nor
+    DICOM UIDs other than in the archive link the operator configured)."""
 
     case_id: str
     findings: list[str]
@@ -164,6 +178,9 @@ class CaseResponse(BaseModel):
     height: int
     metadata: PublicMetadata = Field(description=f"allow-listed keys only: {', '.join(sorted(PUBLIC_METADATA_KEYS))}")
     thumbnail_url: str
+    archive_url: str | None = Field(
+        default=None, description="the study in the archive's viewer (CHEXTRIEV_STUDY_URL_TEMPLATE), for a case "
+                                  "imported from the archive when a template is configured")
 
 
 class CaseSummary(BaseModel):

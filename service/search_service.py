@@ -20,11 +20,14 @@ from model.imaging import DecodedImage, ImageLimits, decode_image
 from model.patient_keys import patient_hash
 from service.db.repository import SearchAuditRecord, get_cases, record_search
 from service.db.session import session_scope
+from service.dicomweb import DicomwebArchive
 from service.problems import Problem, field_problem, problem_from_error
 from service.query_cache import CachedQuery
 from service.query_regions import client_regions, model_regions
+from service.reference_search import StudyReference, fetch_reference
 from service.regions_of_interest import RegionsOfInterest, parse_regions_of_interest
-from service.schemas import SearchResponse, SearchResult, SearchTimings, region_entries
+from service.schemas import ArchiveSource, SearchResponse, SearchResult, SearchTimings, region_entries
+from service.settings import Settings
 from service.state import ServiceState
 from service.study_checks import check_searchable_study
 from service.timing import PhaseTimer
@@ -34,14 +37,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchQuery:
-    """One search request: the uploaded file's bytes, the regions JSON text (None: the anatomy model
-    places them), k, whose cases to skip, and the regions of interest JSON text (None: whole image)."""
+    """One search request: the uploaded file's bytes or the archive's study to fetch them from (exactly
+    one of the two), the regions JSON text (None: the anatomy model places them), k, whose cases to skip,
+    and the regions of interest JSON text (None: whole image)."""
 
-    image: bytes
+    image: bytes | None
     regions: str | None
     k: int
     exclude_patient_id: str | None = None
     regions_of_interest: str | None = None
+    reference: StudyReference | None = None
 
 
 def run_search(state: ServiceState, query: SearchQuery) -> SearchResponse:
@@ -73,7 +78,12 @@ def decode_query(upload: bytes, limits: ImageLimits) -> DecodedImage:
 
 def upload_limits(state: ServiceState) -> ImageLimits:
     """The configured limits on an uploaded image."""
-    return ImageLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_image_pixels)
+    return upload_limits_of(state.settings)
+
+
+def upload_limits_of(settings: Settings) -> ImageLimits:
+    """The limits on an uploaded image that `settings` configure."""
+    return ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels)
 
 
 def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: PhaseTimer) -> SearchResponse:
@@ -84,9 +94,13 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
     interest = (parse_regions_of_interest(query.regions_of_interest)
                 if query.regions_of_interest is not None else None)
     exclusion = _exclusion(state, query.exclude_patient_id)
+    upload, source = query.image, None
+    if query.reference is not None:
+        with timer.phase("fetch"):
+            upload, source = _fetch_reference(state, query.reference)
     with batcher.in_progress():
         with timer.phase("decode"):
-            image = decode_query(query.image, upload_limits(state))
+            image = decode_query(upload, upload_limits(state))
         with timer.phase("anatomy"):
             regions = (client_regions(sent_boxes, image) if sent_boxes is not None
                        else model_regions(state.anatomy, image))
@@ -121,9 +135,16 @@ def _search(state: ServiceState, query: SearchQuery, query_id: str, timer: Phase
                           regions_source=regions.source, regions=region_entries(boxes),
                           anatomy_model_version=state.anatomy.fingerprint if regions.source == "model" else None,
                           regions_of_interest=None if interest is None else list(interest.names),
-                          results=results, timing_ms=SearchTimings(
-                              decode=phases["decode"], anatomy=phases["anatomy"], embed=phases["embed"],
-                              search=phases["search"], db=phases["db"], total=timer.total_ms()))
+                          results=results, source=source, timing_ms=SearchTimings(
+                              fetch=phases.get("fetch", 0.0), decode=phases["decode"], anatomy=phases["anatomy"],
+                              embed=phases["embed"], search=phases["search"], db=phases["db"], total=timer.total_ms()))
+
+
+def _fetch_reference(state: ServiceState, reference: StudyReference) -> tuple[bytes, ArchiveSource]:
+    """The referenced (or chosen) instance fetched from the archive, and which one it is."""
+    data, instance = fetch_reference(DicomwebArchive.from_settings(state.settings), reference)
+    return data, ArchiveSource(study_uid=instance.study_uid, series_uid=instance.series_uid, sop_uid=instance.sop_uid,
+                               modality=instance.modality or None, view_position=instance.view_position or None)
 
 
 def _ranked(state: ServiceState, snapshot: ServingSnapshot, embeddings: Embeddings, k: int,

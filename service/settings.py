@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.errors import ChextrievError
@@ -93,6 +93,20 @@ class Settings(BaseSettings):
     # slot (their uploads unread); one more is answered 503 at once.
     max_concurrent_searches: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     max_queued_searches: int = Field(default=64, ge=0)
+    # The DICOMweb archive (PACS) that `POST /search` fetches a study from by its UIDs and that
+    # `chextriev gallery import` reads (service.dicomweb): its base URL (Orthanc: http://host:8042/dicom-web),
+    # the seconds one request to it may take, and its credentials: a user name with the password in a
+    # file, or a bearer token in a file (secrets never sit in a variable's value nor in a request).
+    dicomweb_url: str | None = None
+    dicomweb_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    dicomweb_username: str | None = None
+    dicomweb_password_file: str | None = None
+    dicomweb_token_file: str | None = None
+    # Where `/cases/{id}` links a case imported from the archive, e.g. Orthanc's viewer
+    # "http://pacs:8042/ui/app/#/filtered-studies?StudyInstanceUID={study_uid}" or OHIF's
+    # "https://ohif.example/viewer?StudyInstanceUIDs={study_uid}"; placeholders {study_uid}, {series_uid},
+    # {sop_uid}.
+    study_url_template: str | None = None
 
     @field_validator("device")
     @classmethod
@@ -115,6 +129,32 @@ class Settings(BaseSettings):
     def saliency_scale(self) -> SaliencyScale:
         """The noise floor and colour scale of saliency answers."""
         return SaliencyScale(self.saliency_noise_floor, self.saliency_scale_max)
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected the archive's DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+        return value
+
+    @field_validator("study_url_template")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.format(study_uid="", series_uid="", sop_uid="")
+            except (KeyError, IndexError, ValueError) as error:
+                raise ValueError(f"use only the placeholders {{study_uid}}, {{series_uid}} and {{sop_uid}} "
+                                 f"({error!r})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_archive_credentials(self) -> Settings:
+        if self.dicomweb_token_file is not None and self.dicomweb_password_file is not None:
+            raise ValueError("give the DICOMweb archive a password file or a token file, not both")
+        if (self.dicomweb_username is None) != (self.dicomweb_password_file is None):
+            raise ValueError("DICOMweb basic authentication needs both DICOMWEB_USERNAME and DICOMWEB_PASSWORD_FILE")
+        return self
 
     @field_validator("dtype")
     @classmethod

@@ -16,6 +16,17 @@ NON_FRONTAL_VIEWS = frozenset({"LL", "RL", "LLD", "RLD", "LLO", "RLO", "LAO", "R
                                "LATERAL", "LAT", "OBLIQUE"})
 
 
+FRONTAL_VIEWS = ("PA", "AP")
+
+
+def is_frontal_chest(modality: str, view_position: str, body_part: str) -> bool:
+    """Whether an archive's description (QIDO-RS attributes) can be a frontal chest radiograph: CR or DX,
+    no lateral or oblique view, and no body part other than the chest (undeclared ones are allowed)."""
+    return (modality.strip().upper() in RADIOGRAPH_MODALITIES
+            and view_position.strip().upper() not in NON_FRONTAL_VIEWS
+            and body_part.strip().upper() in ("", "CHEST"))
+
+
 class UnsupportedStudyError(ChextrievError):
     """The image's DICOM header declares a study the service does not search (not a frontal radiograph)."""
 

@@ -68,6 +68,7 @@ def chest_dataset(pixels: np.ndarray, photometric: str = "MONOCHROME2",
     dataset.SOPClassUID = CR_IMAGE_STORAGE
     dataset.StudyInstanceUID = generate_uid()
     dataset.SeriesInstanceUID = generate_uid()
+    dataset.SOPInstanceUID = generate_uid()
     dataset.Modality = "CR"
     dataset.ViewPosition = "PA"
     dataset.BodyPartExamined = "CHEST"

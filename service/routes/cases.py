@@ -41,7 +41,15 @@ def read_case(case_id: CaseId, state: State, request: Request) -> CaseResponse:
     return CaseResponse(
         case_id=case.case_id, findings=case.findings, regions=region_entries(case.region_boxes),
         width=case.width, height=case.height, metadata=case.metadata,
-        thumbnail_url=str(request.url_for("case_thumbnail", case_id=case.case_id).path))
+        thumbnail_url=str(request.url_for("case_thumbnail", case_id=case.case_id).path),
+        archive_url=archive_url(state.settings.study_url_template, case))
+
+
+def archive_url(template: str | None, case: CaseRecord) -> str | None:
+    """The case's study in the archive's viewer, when a template is configured and the case has a study UID."""
+    if template is None or case.study_uid is None:
+        return None
+    return template.format(study_uid=case.study_uid, series_uid=case.series_uid or "", sop_uid=case.sop_uid or "")
 
 
 @router.get("/cases/{case_id}/thumbnail", name="case_thumbnail", response_class=Response,

@@ -17,9 +17,11 @@ ALLOWED = {
     "trainer": {"trainer", "model", "index_store"},
     "service": {"service", "model", "index_store"},
 }
-# The service modules that use the trainer: `chextriev demo` (the offline build) and the `bench embed`
+# The service modules that use the trainer: `chextriev demo` (the offline build), `chextriev cases import`
+# (the trainer's manifest reader) and the `bench embed`
 # benchmark (a bundled radiograph).
-SERVICE_MODULES_THAT_MAY_IMPORT_TRAINER = {"service.commands.demo", "service.embed_bench", "service.http_bench"}
+SERVICE_MODULES_THAT_MAY_IMPORT_TRAINER = {"service.commands.demo", "service.commands.cases", "service.embed_bench",
+                                           "service.http_bench"}
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 GPU_OVERRIDE = REPO_ROOT / "docker" / "compose.gpu.yml"
 MILVUS_OVERRIDE = REPO_ROOT / "docker" / "compose.milvus.yml"
+PACS_OVERRIDE = REPO_ROOT / "docker" / "compose.pacs.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 # The Compose Specification's schema, bundled (Apache-2.0, see NOTICE beside it).
 SCHEMA = json.loads((Path(__file__).parent / "compose-spec.json").read_text())
@@ -65,7 +66,8 @@ def entrypoint_secret_variables() -> set[str]:
     return set(listing.group(1).split())
 
 
-@pytest.mark.parametrize("path", [COMPOSE_FILE, GPU_OVERRIDE, MILVUS_OVERRIDE], ids=lambda path: path.name)
+@pytest.mark.parametrize("path", [COMPOSE_FILE, GPU_OVERRIDE, MILVUS_OVERRIDE, PACS_OVERRIDE],
+                         ids=lambda path: path.name)
 def test_compose_files_follow_the_compose_specification(path: Path):
     assert schema_errors(load(path)) == []
 
@@ -164,6 +166,23 @@ def test_the_milvus_override_points_the_api_and_the_trainer_at_the_healthy_milvu
                         milvus_uri=environment["CHEXTRIEV_MILVUS_URI"]).index_backend == "milvus"
 
 
+def test_the_pacs_profile_runs_orthanc_with_dicomweb_on_the_loopback_and_the_override_points_the_api_at_it():
+    document = load(COMPOSE_FILE)
+    pacs = document["services"]["pacs"]
+    assert pacs["profiles"] == ["pacs"] and pacs["ports"] == ["127.0.0.1:${PACS_PORT:-8042}:8042"]
+    table = mounts(pacs)
+    config_source, mode = table["/etc/orthanc/orthanc.json"]
+    assert mode == "ro" and table["/var/lib/orthanc/db"][0] in document["volumes"]
+    config = json.loads((REPO_ROOT / config_source).read_text())
+    assert config["DicomWeb"] == {"Enable": True, "Root": "/dicom-web/"} and config["HttpPort"] == 8042
+    assert config["StorageDirectory"] == "/var/lib/orthanc/db" and config["Plugins"]
+    assert "pacs" not in document["services"]["api"].get("depends_on", {})  # the api starts without a PACS
+    override = load(PACS_OVERRIDE)["services"]
+    assert set(override) == {"api"}
+    url = override["api"]["environment"]["CHEXTRIEV_DICOMWEB_URL"]
+    assert url == "http://pacs:8042/dicom-web" and Settings(dicomweb_url=url).dicomweb_url == url
+
+
 def test_secrets_reach_the_containers_only_as_files():
     document = load(COMPOSE_FILE)
     declared = document["secrets"]
@@ -185,7 +204,7 @@ def test_secrets_reach_the_containers_only_as_files():
 def test_env_example_documents_each_compose_variable_and_only_real_settings():
     assignments = re.findall(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M)
     documented = {name for _, name, _ in assignments}
-    compose_text = "".join(path.read_text() for path in (COMPOSE_FILE, GPU_OVERRIDE, MILVUS_OVERRIDE))
+    compose_text = "".join(path.read_text() for path in (COMPOSE_FILE, GPU_OVERRIDE, MILVUS_OVERRIDE, PACS_OVERRIDE))
     interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", compose_text))
     assert interpolated <= documented
     scripts = "".join(path.read_text() for path in (REPO_ROOT / "docker").glob("*.sh"))

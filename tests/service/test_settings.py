@@ -32,6 +32,9 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ("CHEXTRIEV_MAX_QUEUED_SEARCHES", "-1", "greater than or equal to 0"),
     ("CHEXTRIEV_SALIENCY_SCALE_MAX", "0.01", "must be above the noise floor"),
     ("CHEXTRIEV_SALIENCY_NOISE_FLOOR", "-0.1", "greater than or equal to 0"),
+    ("CHEXTRIEV_STUDY_URL_TEMPLATE", "http://viewer/{patient_id}", "only the placeholders"),
+    ("CHEXTRIEV_DICOMWEB_TIMEOUT_S", "0", "greater than 0"),
+    ("CHEXTRIEV_DICOMWEB_URL", "pacs:8042", "DICOMweb root"),
 ])
 def test_an_unusable_value_stops_the_start_naming_the_variable(monkeypatch, capsys, variable, value, expected):
     monkeypatch.setenv(variable, value)
@@ -39,6 +42,19 @@ def test_an_unusable_value_stops_the_start_naming_the_variable(monkeypatch, caps
         read_settings()
     assert main(["serve", "--port", "1"]) == 2  # refused before anything listens
     assert f"{variable}: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variables", [
+    {"CHEXTRIEV_DICOMWEB_PASSWORD_FILE": "/run/secrets/p", "CHEXTRIEV_DICOMWEB_TOKEN_FILE": "/run/secrets/t",
+     "CHEXTRIEV_DICOMWEB_USERNAME": "u"},
+    {"CHEXTRIEV_DICOMWEB_USERNAME": "u"},
+    {"CHEXTRIEV_DICOMWEB_PASSWORD_FILE": "/run/secrets/p"},
+])
+def test_archive_credentials_are_one_whole_kind(monkeypatch, variables):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match="DICOMweb"):
+        read_settings()
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
