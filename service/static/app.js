@@ -16,7 +16,6 @@ const state = {
   sendBoxes: false,
   originalSend: false, // whether the original boxes came from a boxes file (and are sent)
   search: null, // the last search's response
-  sentRegionsOfInterest: [],
 };
 
 const $ = (id) => document.getElementById(id);
@@ -390,7 +389,6 @@ async function search() {
   $("search-button").disabled = true;
   try {
     state.search = await (await api("/search", { method: "POST", body: uploadForm(fields) })).json();
-    state.sentRegionsOfInterest = roi;
     showResults(state.search);
   } catch (error) {
     showError("The search failed", error);
@@ -437,9 +435,6 @@ function showResults(found) {
 function regionsOfInterestText(found) {
   const used = found.regions_of_interest;
   if (Array.isArray(used) && used.length) return `Search restricted to the regions of interest: ${used.join(", ")}.`;
-  if (state.sentRegionsOfInterest.length && !("regions_of_interest" in found)) {
-    return `Regions of interest asked for: ${state.sentRegionsOfInterest.join(", ")} (this service did not report using them).`;
-  }
   return "Search over the whole image (no regions of interest).";
 }
 
@@ -468,7 +463,7 @@ async function openCase(result, button) {
   const queryImage = $("detail-query-image");
   queryImage.src = state.previewUrl;
   queryImage.alt = `The query radiograph ${state.file.name} with the regions the search used`;
-  const marked = new Set(Array.isArray(found.regions_of_interest) ? found.regions_of_interest : state.sentRegionsOfInterest);
+  const marked = new Set(found.regions_of_interest || []);
   drawStaticBoxes($("detail-query-boxes"), found.regions, state.width, state.height, { marked });
   showSaliency(result, stored, saliency, query);
   say(`Case ${result.case_id} beside the query.`);

@@ -33,7 +33,8 @@ def test_the_http_bench_measures_the_demo_and_a_grown_gallery(demo_dir: Path, tm
                                               for level in server["levels"])
         assert server["peak_rss_bytes"] >= server["final_rss_bytes"] > 0
         assert server["snapshot_bytes"] > 0 and server["database_bytes"] > 0
-    assert grown["snapshot_bytes"] > demo["snapshot_bytes"] and grown["database_bytes"] > demo["database_bytes"]
+    # The grown snapshot holds whole-image vectors only (the demo's also has 18 region vectors per case).
+    assert grown["database_bytes"] > demo["database_bytes"]
     assert [ratio["clients"] for ratio in grown["ratios"]] == [1, 2] and "ratios" not in demo  # no eager run
     # The grown server served the grown snapshot, recorded as active in its copy of the database.
     assert grown["environment"]["CHEXTRIEV_INDEX_STORE"].startswith(str(scratch))

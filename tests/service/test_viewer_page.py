@@ -248,6 +248,19 @@ def test_upload_a_dicom_correct_a_box_search_and_see_the_saliency(page: webdrive
     screenshot(page, "viewer-tablet")
 
 
+def test_a_search_restricted_to_regions_of_interest_says_which_it_used(page: webdriver.Chrome, dicom_file: Path):
+    upload_and_find_regions(page, dicom_file)
+    page.find_element(By.CSS_SELECTOR, "#roi-list input[value='right lower lung zone']").click()
+    page.find_element(By.ID, "search-button").click()
+    wait_for(page, lambda: len(results(page)) == 5, "5 results")
+    results(page)[0].click()
+    wait_for(page, lambda: saliency_shown(page), "the saliency view")
+    assert page.find_element(By.ID, "roi-used").text == \
+        "Search restricted to the regions of interest: right lower lung zone."
+    assert len(page.find_elements(By.CSS_SELECTOR, "#detail-query-boxes g.region.roi")) == 1
+    assert console_errors(page) == []
+
+
 def test_layout_at_1280_by_800_puts_results_beside_the_query(page: webdriver.Chrome):
     query, found = (page.find_element(By.ID, name).rect for name in ("query-panel", "results-panel"))
     assert found["x"] >= query["x"] + query["width"] and found["y"] == pytest.approx(query["y"], abs=2)
