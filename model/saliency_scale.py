@@ -4,16 +4,18 @@ service's settings can name its defaults).
 A region's similarity drop stands out only above the noise floor: the 99th percentile of how much
 drops change when the same radiograph is embedded again after a 1-pixel shift or a JPEG re-encoding,
 measured on the demo model and the 48 bundled radiographs (`chextriev bench saliency-noise`,
-bench/results/saliency-noise.json: 0.0166, rounded up to 0.02). Drops are drawn on a fixed scale from 0
-to `scale_max` (10 times the floor), the same for every pair, never divided by the pair's largest drop.
+bench/results/saliency-noise.json: 0.130, rounded up to 0.2; the demo's embeddings are centred, which
+spreads similarities over -1..1 and drops with them). Drops are drawn on a fixed scale from 0 to
+`scale_max` (1.0, about the 97th percentile of the demo's drops), the same for every pair, never divided
+by the pair's largest drop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_NOISE_FLOOR = 0.02
-DEFAULT_SCALE_MAX = 0.2
+DEFAULT_NOISE_FLOOR = 0.2
+DEFAULT_SCALE_MAX = 1.0
 
 
 @dataclass(frozen=True)

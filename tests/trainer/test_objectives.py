@@ -55,7 +55,7 @@ def test_region_contrastive_loss_matches_its_definition_and_pulls_positives_toge
     # No region with two positives: nothing to pull, a zero that still has a gradient.
     single = torch.zeros_like(labels)
     single[0, 0, 0] = 1
-    assert float(region_contrastive_loss(embeddings.requires_grad_(), single, known, 0.1)) == 0.0
+    assert float(region_contrastive_loss(embeddings.requires_grad_(), single, known, 0.1).detach()) == 0.0
 
 
 def test_node_loss_counts_only_the_known_regions():
