@@ -168,7 +168,7 @@ def cross_validate(cache: FeatureCache, task: RetrievalTask, model_config: Model
     groups = patient_groups(cache, np.arange(cache.count))
     fold_rows = patient_folds([groups[row] for row in usable], usable, folds, seed)
     searched = np.flatnonzero(task.searched)
-    fixed = {**baseline_embeddings(cache, np.arange(cache.count))}
+    fixed = baseline_embeddings(cache, np.arange(cache.count))
     if task.region_level:
         fixed[REGION_FEATURE] = F.normalize(torch.from_numpy(np.asarray(cache.region_features, dtype=np.float32)),
                                             dim=-1).numpy()
