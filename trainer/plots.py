@@ -13,11 +13,12 @@ import numpy as np
 from model.fileio import atomic_write_bytes
 
 
-def plot_training_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike) -> None:
-    """One column per (title, validation records) run: training and validation loss (top) and validation
-    AUC (bottom) against optimiser steps, the kept validation (highest AUC, else lowest loss) marked."""
+def plot_training_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]], int]],
+                         path: str | os.PathLike) -> None:
+    """One column per (title, validation records, step of the kept validation) run: training and validation
+    loss (top) and validation AUC (bottom) against optimiser steps, the kept validation marked."""
     figure, axes = _figure(2, len(runs), (4.2 * len(runs), 5.6))
-    for column, (title, history) in enumerate(runs):
+    for column, (title, history, kept_step) in enumerate(runs):
         steps = [record["step"] for record in history]
         losses, aucs = axes[0][column], axes[1][column]
         losses.plot(steps, [record["train_loss"] for record in history], label="training loss", color="tab:blue")
@@ -31,7 +32,7 @@ def plot_training_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]
         aucs.set_ylabel("validation macro ROC-AUC")
         aucs.set_ylim(0.0, 1.0)
         aucs.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-        kept = _kept(history)
+        kept = steps.index(kept_step)
         for axis, value in ((losses, history[kept]["val_loss"]), (aucs, auc[kept])):
             axis.axvline(steps[kept], color="grey", linewidth=0.8, linestyle="--")
             axis.plot([steps[kept]], [value], marker="o", color="black", markersize=4)
@@ -52,13 +53,6 @@ def plot_score_distributions(groups: Mapping[str, np.ndarray], path: str | os.Pa
     axes[0][0].set_ylabel("pairs")
     figure.suptitle(title, fontsize=10)
     _save(figure, path)
-
-
-def _kept(history: Sequence[Mapping[str, Any]]) -> int:
-    aucs = [record["val_auc"] for record in history]
-    if any(value is not None for value in aucs):
-        return max(range(len(aucs)), key=lambda i: -math.inf if aucs[i] is None else aucs[i])
-    return min(range(len(history)), key=lambda i: history[i]["val_loss"])
 
 
 def _figure(rows: int, columns: int, size: tuple[float, float]) -> tuple[Any, list[list[Any]]]:

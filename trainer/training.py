@@ -1,4 +1,5 @@
-"""Offline training of a CheXtriev network on cached backbone features, with the paper's defaults.
+"""Offline training of a CheXtriev network on cached backbone features: the paper's defaults, and presets
+(PRESETS: "paper", and "small-data" for hundreds to thousands of images, counted in optimiser steps).
 
 The backbone is frozen and takes no part in training: its region features were computed once by
 trainer.feature_cache, so training learns only the projection, the graph transformer and the classifier,
@@ -109,7 +110,7 @@ class TrainingConfig:
     merge_micro_batches: bool = True
     # Counted in optimiser steps: validate every this many (None: once per epoch, the paper's).
     validation_interval: int | None = None
-    # The effective batch is cut to at most this share of the training images (1: never cut).
+    # The effective batch is cut to at most this share of the training images (1: at most all of them).
     max_batch_fraction: float = 1.0
     schedule: str = "plateau"  # "plateau": ReduceLROnPlateau per validation; "cosine": warm-up + cosine in steps
     warmup_fraction: float = 0.0  # cosine: the share of the run's steps that warm the rate up
@@ -389,7 +390,8 @@ def _fit(network: CheXtriev, data: CachedFeatureDataModule, model_config: ModelC
     recorder = ValidationRecorder(select_on)
     logger.info("training started", extra={
         "train_images": len(data.train_set), "val_images": len(data.val_set),
-        "effective_batch": micro_batch * accumulate, "steps_per_epoch": steps_per_epoch, "validation_interval": training.validation_interval,
+        "effective_batch": micro_batch * accumulate, "steps_per_epoch": steps_per_epoch,
+        "validation_interval": training.validation_interval,
         "schedule": training.schedule})
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:

@@ -31,14 +31,16 @@ def write_training_report(out_dir: str | os.PathLike, summary: dict[str, Any], h
     out = Path(out_dir)
     path = out / REPORT_FILE
     atomic_write_bytes(path, json.dumps(summary, indent=2).encode())
-    plot_training_curves([(out.name, [vars(record) for record in history])], out / CURVES_FILE)
+    plot_training_curves([(out.name, [vars(record) for record in history], summary["best"]["step"])],
+                         out / CURVES_FILE)
     return path
 
 
-def read_training_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-validation records of a run directory's training.json."""
+def read_training_history(run_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
+    """The per-validation records of a run directory's training.json and the step of the kept one."""
     path = Path(run_dir) / REPORT_FILE
     try:
-        return list(json.loads(path.read_text())["history"])
+        report = json.loads(path.read_text())
+        return list(report["history"]), int(report["best"]["step"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise FileNotFoundError(f"{path} is not a training report of `chextriev train` ({error})") from None

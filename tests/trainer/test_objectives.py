@@ -106,7 +106,7 @@ def test_region_targets_place_the_finding_and_leave_unplaced_positives_unknown(t
 def test_training_curves_and_score_distributions_are_drawn(tmp_path):
     history = [{"step": step, "train_loss": 1 / step, "val_loss": 1.2 / step, "val_auc": 0.5 + step / 100}
                for step in (5, 10, 15)]
-    plot_training_curves([("paper", history[:1]), ("small-data", history)], tmp_path / "curves.png")
+    plot_training_curves([("paper", history[:1], 5), ("small-data", history, 15)], tmp_path / "curves.png")
     width, height = Image.open(tmp_path / "curves.png").size
     assert width > height > 300  # two runs side by side
     plot_score_distributions({"before": np.full(50, 0.99), "after": np.linspace(-0.2, 0.9, 50)},

@@ -189,7 +189,7 @@ def test_the_effective_batch_is_cut_to_a_share_of_a_small_training_set():
     small = TrainingConfig.preset("small-data")
     assert effective_batch(small, 10_000) == (32, 1)
     assert effective_batch(small, 60) == (15, 1)  # a quarter of 60
-    assert effective_batch(TrainingConfig.preset("paper"), 170) == (16, 10)  # never cut: fraction 1
+    assert effective_batch(TrainingConfig.preset("paper"), 170) == (16, 10)  # at most the 170 images: 160
     assert effective_batch(TrainingConfig.preset("paper", max_batch_fraction=0.25), 170) == (16, 2)
 
 

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_training(args: argparse.Namespace) -> int:
     """Draw the runs' curves."""
     try:
-        runs = [(title, read_training_history(directory)) for title, directory in map(_titled, args.run)]
+        runs = [(title, *read_training_history(directory)) for title, directory in map(_titled, args.run)]
     except FileNotFoundError as error:
         return _fail(error)
     plot_training_curves(runs, args.out)
@@ -51,14 +51,13 @@ def run_scores(args: argparse.Namespace) -> int:
         cache = FeatureCache.open(args.features)
         queries = cache.indices(args.split)
         everything = np.flatnonzero(cache.usable)
+        query_positions = np.searchsorted(everything, queries)  # both ascending; queries are usable rows
+        others = queries[:, None] != everything[None, :]
         groups = {}
         for title, directory in map(_titled, args.checkpoint):
             network, _ = load_network_for(cache, directory)
             vectors = network_embeddings(network, cache, everything, device="cpu")
-            position = {row: i for i, row in enumerate(everything.tolist())}
-            similarity = vectors[[position[row] for row in queries]] @ vectors.T
-            others = np.array([[row != other for other in everything] for row in queries])
-            groups[title] = similarity[others]
+            groups[title] = (vectors[query_positions] @ vectors.T)[others]
     except ChextrievError as error:
         return _fail(error)
     plot_score_distributions(groups, args.out, f"{cache.dataset_name}: {args.split} queries against every other image")

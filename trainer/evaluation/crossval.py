@@ -30,8 +30,14 @@ from scipy.stats import t as student_t
 
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
-from model.devices import select_device
-from trainer.cached_embeddings import BASELINES, CHEXTRIEV, baseline_embeddings, patient_groups
+from trainer.cached_embeddings import (
+    BASELINES,
+    CHEXTRIEV,
+    baseline_embeddings,
+    network_embeddings,
+    network_node_embeddings,
+    patient_groups,
+)
 from trainer.evaluation.metrics import QueryScores, query_scores, retrieve_top_k
 from trainer.evaluation.report import EvaluationInputError
 from trainer.evaluation.significance import paired_p_value
@@ -211,22 +217,14 @@ def _train_val(rows: np.ndarray, groups: Sequence[str], seed: int) -> tuple[np.n
     return rows[~in_val], rows[in_val]
 
 
-@torch.inference_mode()
 def _trained_embeddings(checkpoint_dir: Path, cache: FeatureCache, device: str,
                         region_level: bool) -> dict[str, np.ndarray]:
     """The fold model's image embeddings (N, D) and, for region-level tasks, node embeddings (N, 18, D)."""
     network, _ = load_checkpoint(checkpoint_dir)
-    target = select_device(device)
-    network = network.to(target).eval()
-    images, nodes = [], []
-    for start in range(0, cache.count, 256):
-        features = torch.from_numpy(np.asarray(cache.region_features[start:start + 256], dtype=np.float32))
-        output = network(features.to(target))
-        images.append(output.embedding.float().cpu().numpy())
-        nodes.append(output.node_embeddings.float().cpu().numpy())
-    embeddings = {CHEXTRIEV: np.concatenate(images)}
+    rows = np.arange(cache.count)
+    embeddings = {CHEXTRIEV: network_embeddings(network, cache, rows, device=device)}
     if region_level:
-        embeddings[REGION_LEVEL] = np.concatenate(nodes)
+        embeddings[REGION_LEVEL] = network_node_embeddings(network, cache, rows, device=device)
     return embeddings
 
 
