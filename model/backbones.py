@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from model.errors import CheckpointError
 from model.fileio import sha256_file
 from model.preprocessing import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from model.region_crops import POOLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +100,12 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, name: str, weights_id: str, body: nn.Module, head: nn.Linear,
-                 feature_dim: int, mean: RGB, std: RGB):
+                 feature_dim: int, mean: RGB, std: RGB, pooling: str = "mean"):
         super().__init__()
         self.name = name
         self.weights_id = weights_id
         self.feature_dim = feature_dim
+        self.pooling = pooling
         self.body = body
         self.head = head
         # Crops arrive normalised with IMAGENET_MEAN/STD; map them to the normalisation of the weights.
@@ -118,7 +120,7 @@ class Backbone(nn.Module):
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the name, the input normalisation and the feature weights, as loaded (float32).
+        """SHA-256 of the name, the pooling, the input normalisation and the feature weights, as loaded (float32).
 
         Computed once when built, so it does not change when the backbone is moved to another
         device or dtype; the weights are frozen, so it stays true.
@@ -144,6 +146,8 @@ class Backbone(nn.Module):
 
     def _weights_digest(self) -> str:
         digest = hashlib.sha256(self.name.encode())
+        if self.pooling != "mean":  # mean-pooled backbones keep the fingerprints they had before pooling was a choice
+            digest.update(f"pooling|{self.pooling}".encode())
         for buffer in (self.input_scale, self.input_shift):
             digest.update(_tensor_bytes(buffer))
         for key, tensor in sorted(self.body.state_dict().items()):
@@ -162,6 +166,10 @@ class _Architecture:
     head_attribute: str
     # Turns a state dict in the format of the architecture's published weights into the classifier's.
     to_classifier_keys: Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
+    # The attribute holding the global pooling over positions, replaced for max pooling, and whether
+    # that pooling flattens its (N, C, 1, 1) output itself.
+    pool_attribute: str
+    pool_flattens: bool
 
 
 # timm and torchvision load when their architecture is built: each costs seconds of a service's start,
@@ -207,22 +215,25 @@ _ARCHITECTURES: dict[str, _Architecture] = {
     "resnet50": _Architecture(
         feature_dim=2048, weights=ResNet50Weights,
         classifier=_resnet50_classifier,
-        head_attribute="fc", to_classifier_keys=lambda state, model: state,
+        head_attribute="fc", to_classifier_keys=lambda state, model: state, pool_attribute="avgpool",
+        pool_flattens=False,
     ),
     # timm's TF-faithful variant: the weights are a TensorFlow port and need its "same" padding and
     # BatchNorm eps 1e-3; timm's plain efficientnet_lite0 (symmetric padding) gives other logits.
     "efficientnet_lite0": _Architecture(
         feature_dim=1280, weights=EfficientNetLite0Weights,
         classifier=_tf_efficientnet_lite0_classifier,
-        head_attribute="classifier", to_classifier_keys=_lite0_package_to_timm,
+        head_attribute="classifier", to_classifier_keys=_lite0_package_to_timm, pool_attribute="global_pool",
+        pool_flattens=True,
     ),
 }
 BACKBONE_NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
 
 
 def build_backbone(name: str, weights: str | os.PathLike | None = "default", *,
-                   allow_random: bool = False) -> Backbone:
-    """A frozen backbone `name` ("resnet50" or "efficientnet_lite0") with `weights`.
+                   allow_random: bool = False, pooling: str = "mean") -> Backbone:
+    """A frozen backbone `name` ("resnet50" or "efficientnet_lite0") with `weights`, its feature map
+    `pooling` ("mean", as trained on ImageNet, or "max") over positions.
 
     `weights` is "default", the name of an entry of the architecture's weights Enum (e.g.
     "IMAGENET1K_V2"), or the path of a .pth / .safetensors state dict in the format of those
@@ -231,6 +242,8 @@ def build_backbone(name: str, weights: str | os.PathLike | None = "default", *,
     """
     if name not in _ARCHITECTURES:
         raise CheckpointError(f"unknown backbone {name!r}; known: {', '.join(BACKBONE_NAMES)}")
+    if pooling not in POOLINGS:
+        raise CheckpointError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
     architecture = _ARCHITECTURES[name]
     model = architecture.classifier()
     named = _named_weights(architecture.weights, weights)
@@ -255,8 +268,21 @@ def build_backbone(name: str, weights: str | os.PathLike | None = "default", *,
         weights_id, mean, std = f"file:{path.name}", default.mean, default.std
     head = getattr(model, architecture.head_attribute)
     setattr(model, architecture.head_attribute, nn.Identity())
-    logger.info("backbone built", extra={"backbone": name, "weights_id": weights_id})
-    return Backbone(name, weights_id, model, head, architecture.feature_dim, mean, std)
+    if pooling == "max":
+        setattr(model, architecture.pool_attribute, _GlobalMaxPool(flatten=architecture.pool_flattens))
+    logger.info("backbone built", extra={"backbone": name, "weights_id": weights_id, "pooling": pooling})
+    return Backbone(name, weights_id, model, head, architecture.feature_dim, mean, std, pooling)
+
+
+class _GlobalMaxPool(nn.Module):
+    """The maximum of a feature map (N, C, H, W) over positions: (N, C), or (N, C, 1, 1) unflattened."""
+
+    def __init__(self, flatten: bool):
+        super().__init__()
+        self.flatten = flatten
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features.amax(dim=(2, 3), keepdim=not self.flatten)
 
 
 def backbone_feature_dim(name: str) -> int:

@@ -15,6 +15,7 @@ from model.backbones import Backbone
 from model.catalogue import NUM_REGIONS
 from model.crops import crop_regions
 from model.gpu_crops import roi_crops
+from model.region_crops import SINGLE, RegionCrops
 
 # 32 images' crops (18 regions and the whole image): batches of a multiple of 32 images need no padding.
 CROPS_PER_DEVICE_CHUNK = 32 * (NUM_REGIONS + 1)
@@ -32,10 +33,11 @@ class BatchFeatures:
 
     def __init__(self, backbone: Backbone, *, device: str | torch.device, dtype: torch.dtype,
                  compile_backbone: bool = False, chunk_size: int = CROPS_PER_DEVICE_CHUNK,
-                 crops: str = "roi_align", fixed_chunks: bool | None = None):
+                 crops: str = "roi_align", fixed_chunks: bool | None = None, region_crops: RegionCrops = SINGLE):
         if crops not in DEVICE_CROPS:
             raise ValueError(f"unknown device crops {crops!r}; expected one of {', '.join(DEVICE_CROPS)}")
         self.crops = crops
+        self.region_crops = region_crops
         self.device = torch.device(device)
         self.dtype = dtype
         self.chunk_size = chunk_size
@@ -51,16 +53,17 @@ class BatchFeatures:
     @torch.inference_mode()
     def __call__(self, canvas: Tensor, sizes: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
         """(B, R, F) region and (B, F) whole-image float32 features of the images on `canvas` (B, H, W)
-        uint8, of (B, 2) sizes (H, W), with (B, R, 4) region boxes; all moved to the device here."""
+        uint8, of (B, 2) sizes (H, W), with (B, R, 4) region boxes cut under the crop scheme; all moved
+        to the device here."""
         canvas = canvas.to(self.device, non_blocking=True)
         sizes = sizes.to(self.device, non_blocking=True)
-        boxes = boxes.to(self.device, torch.float32, non_blocking=True)
+        boxes = self.region_crops.tile_boxes(boxes.to(self.device, torch.float32, non_blocking=True))
         whole = torch.zeros(len(sizes), 1, 4, device=self.device)
         whole[:, 0, 2], whole[:, 0, 3] = sizes[:, 1], sizes[:, 0]
         boxes = torch.cat([boxes, whole], dim=1)
         crops = roi_crops(canvas, boxes) if self.crops == "roi_align" else exact_crops(canvas, sizes, boxes)
         features = self.crop_features(crops.flatten(0, 1)).view(*crops.shape[:2], -1)
-        return features[:, :-1], features[:, -1]
+        return self.region_crops.pool(features[:, :-1]), features[:, -1]
 
     def crop_features(self, crops: Tensor) -> Tensor:
         """(N, F) float32 features of normalised crops (N, 3, S, S), in chunks of chunk_size (exactly,

@@ -23,10 +23,11 @@ from safetensors.torch import load_file, save
 
 from model.backbones import Backbone
 from model.config import ModelConfig
-from model.errors import CheckpointError
+from model.errors import CheckpointError, ChextrievError
 from model.fileio import atomic_write_bytes, sha256_file
 from model.network import CENTRE_KEY, CheXtriev
 from model.preprocessing import preprocessing_config
+from model.region_crops import RegionCrops, region_crops_recorded
 
 CHECKPOINT_FORMAT = "chextriev-checkpoint/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,7 +43,7 @@ class BackboneRecord:
     fingerprint: str
 
     @classmethod
-    def of(cls, backbone: Backbone) -> "BackboneRecord":
+    def of(cls, backbone: Backbone) -> BackboneRecord:
         """The record of a built backbone."""
         return cls(backbone.name, backbone.weights_id, backbone.fingerprint)
 
@@ -58,6 +59,11 @@ class CheckpointInfo:
     fingerprint: str
     metadata: dict = field(default_factory=dict)
 
+    @property
+    def region_crops(self) -> RegionCrops:
+        """The crop scheme the network's region features were computed with."""
+        return region_crops_recorded(self.preprocessing)
+
 
 def model_fingerprint(weights_sha256: str, model_config: ModelConfig, backbone: BackboneRecord,
                       preprocessing: dict) -> str:
@@ -71,14 +77,15 @@ def model_fingerprint(weights_sha256: str, model_config: ModelConfig, backbone: 
 
 
 def save_checkpoint(directory: str | os.PathLike, network: CheXtriev, backbone: BackboneRecord,
-                    metadata: dict | None = None) -> CheckpointInfo:
-    """Write `network` as a checkpoint into `directory` (weights first, then the config, each atomically)."""
+                    metadata: dict | None = None, preprocessing: dict | None = None) -> CheckpointInfo:
+    """Write `network` as a checkpoint into `directory` (weights first, then the config, each atomically);
+    `preprocessing` is that of its training features (default: preprocessing_config())."""
     directory = Path(directory)
     state = {name: tensor.detach().to("cpu", torch.float32).contiguous()
              for name, tensor in network.state_dict().items()}
     atomic_write_bytes(directory / WEIGHTS_FILE, save(state))
     weights_sha256 = sha256_file(directory / WEIGHTS_FILE)
-    preprocessing = preprocessing_config()
+    preprocessing = preprocessing_config() if preprocessing is None else preprocessing
     info = CheckpointInfo(
         model_config=network.config,
         backbone=backbone,
@@ -128,9 +135,13 @@ def read_checkpoint_info(directory: str | os.PathLike) -> CheckpointInfo:
     if actual != info.weights_sha256:
         raise CheckpointError(f"{weights_path}: SHA-256 {actual[:12]}... does not match the "
                               f"config's {info.weights_sha256[:12]}... (corrupt or replaced weights)")
-    if info.preprocessing != preprocessing_config():
+    try:
+        supported = preprocessing_config(info.region_crops)
+    except ChextrievError as error:
+        raise CheckpointError(f"{config_path}: {error}") from None
+    if info.preprocessing != supported:
         raise CheckpointError(f"{config_path}: trained with preprocessing {info.preprocessing}, "
-                              f"this version uses {preprocessing_config()}")
+                              f"this version uses {supported}")
     expected = model_fingerprint(info.weights_sha256, info.model_config, info.backbone, info.preprocessing)
     if expected != info.fingerprint:
         raise CheckpointError(f"{config_path}: fingerprint does not match its contents")

@@ -15,6 +15,7 @@ from model.errors import CheckpointError
 from model.feature_extractor import FeatureExtractor
 from model.network import CheXtriev
 from model.onnx_backbone import OnnxBackbone
+from model.region_crops import SINGLE, RegionCrops
 from model.runtime import choose_runtime
 
 
@@ -35,11 +36,13 @@ class Embedder:
     backbone runs on the `runtime` of model.runtime ("auto": ONNX Runtime for float32 on the CPU)."""
 
     def __init__(self, backbone: Backbone | OnnxBackbone, network: CheXtriev, fingerprint: str, *,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, runtime: str = "auto"):
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, runtime: str = "auto",
+                 region_crops: RegionCrops = SINGLE):
         if network.config.input_dim != backbone.feature_dim:
             raise CheckpointError(f"network expects {network.config.input_dim}-d region features, "
                                   f"backbone {backbone.name} gives {backbone.feature_dim}")
-        self.features = FeatureExtractor(backbone, device=device, dtype=dtype, runtime=runtime)
+        self.features = FeatureExtractor(backbone, device=device, dtype=dtype, runtime=runtime,
+                                         region_crops=region_crops)
         self.device, self.dtype = self.features.device, dtype
         self.network = network.to(self.device, dtype).eval()
         self.fingerprint = fingerprint
@@ -56,17 +59,19 @@ class Embedder:
         of the start-up time.
         """
         network, info = load_checkpoint(directory)
+        crops = info.region_crops
+        options = {"device": device, "dtype": dtype, "runtime": runtime, "region_crops": crops}
         if choose_runtime(runtime, torch.device(device), dtype) == "onnx":
             exported = OnnxBackbone.from_cache(info.backbone.name, info.backbone.fingerprint,
-                                               network.config.input_dim)
+                                               network.config.input_dim, crops.pooling)
             if exported is not None:
-                return cls(exported, network, info.fingerprint, device=device, dtype=dtype, runtime=runtime)
-        backbone = build_backbone(info.backbone.name, weights=backbone_weights)
+                return cls(exported, network, info.fingerprint, **options)
+        backbone = build_backbone(info.backbone.name, weights=backbone_weights, pooling=crops.pooling)
         if backbone.fingerprint != info.backbone.fingerprint:
             raise CheckpointError(
                 f"checkpoint {directory} was trained on {info.backbone.name} weights "
                 f"{info.backbone.fingerprint[:12]}..., the loaded backbone has {backbone.fingerprint[:12]}...")
-        return cls(backbone, network, info.fingerprint, device=device, dtype=dtype, runtime=runtime)
+        return cls(backbone, network, info.fingerprint, **options)
 
     @torch.inference_mode()
     def embed_features(self, region_features: torch.Tensor) -> Embeddings:

@@ -87,18 +87,21 @@ class OnnxBackbone:
 
     def __init__(self, backbone: Backbone, cache_dir: str | os.PathLike | None = None):
         self.name, self.fingerprint, self.feature_dim = backbone.name, backbone.fingerprint, backbone.feature_dim
+        self.pooling = backbone.pooling
         self.path = cached_export_path(backbone.name, backbone.fingerprint, cache_dir)
         self.session = self._cached_session(backbone)
 
     @classmethod
-    def from_cache(cls, name: str, fingerprint: str, feature_dim: int,
+    def from_cache(cls, name: str, fingerprint: str, feature_dim: int, pooling: str = "mean",
                    cache_dir: str | os.PathLike | None = None) -> OnnxBackbone | None:
-        """The export an earlier run cached for the backbone `name` with weights `fingerprint`, loaded
+        """The export an earlier run cached for the backbone `name` with weights `fingerprint` (which
+        covers its `pooling`), loaded
         without building the backbone (no timm, no torchvision, no weight file); None when there is
         none or ONNX Runtime cannot load it. The file name carries the fingerprint, and exports are
         only ever written whole, so the cached file computes exactly that backbone's features."""
         backbone = cls.__new__(cls)
         backbone.name, backbone.fingerprint, backbone.feature_dim = name, fingerprint, feature_dim
+        backbone.pooling = pooling
         backbone.path = cached_export_path(name, fingerprint, cache_dir)
         if not backbone.path.is_file():
             return None

@@ -13,11 +13,13 @@ v, crop(v) = crop(0) + v * (crop(1) - crop(0)), so two grey crops (fill 0 and fi
 
 Efficiency. A crop depends only on the pixels whose centres lie in its box (model.crops), so blanking
 box r changes exactly the crops whose boxes share a pixel centre with r; boxes that merely touch
-share none. A crop whose box lies inside the image and whose pixels all lie in box r is blanked
-whole: it is 0 after normalisation, and one backbone pass on a zero crop gives the feature of all
-of them (box r's own crop among them). The 18 plain region features are computed once, the backbone
-runs again only on the partly blanked (r, j) crops, batched across all r, and the network runs once
-on the 18 occluded feature sets (plus the plain one). With the regions derived for the bundled
+share none. The crops are those of the embedder's crop scheme (model.region_crops): one per region,
+or each region's tiles, pooled into region features after the backbone as the embedder pools them.
+A crop whose box lies inside the image and whose pixels all lie in box r is blanked whole: it is 0
+after normalisation, and one backbone pass on a zero crop gives the feature of all of them (box r's
+own crop among them). The plain crop features are computed once, the backbone runs again only on
+the partly blanked (r, j) crops, batched across all r, and the network runs once on the 18 occluded
+feature sets (plus the plain one). With single crops and the regions derived for the bundled
 radiographs that is about 110 crops instead of the 18 x 18 = 324 of re-embedding each occluded image
 from scratch. Only the crop with the box at fill 0 is resampled: the crop is affine in the fill, and
 its slope, the crop of the box's indicator image, is separable (model.crops.span_coverage).
@@ -59,7 +61,7 @@ class OcclusionResult:
 
     embeddings: np.ndarray  # (18, D) float32, L2-normalised: row r is the image with region r blanked
     unoccluded: np.ndarray  # (D,) float32, L2-normalised: the image's plain retrieval embedding
-    recomputed_crops: int  # crops that went through the backbone again (partly blanked (r, j) pairs)
+    recomputed_crops: int  # crops that went through the backbone again (partly blanked (r, crop j) pairs)
     blanked_crops: int  # crops wholly inside the blanked box: all share the feature of a zero crop
 
 
@@ -101,23 +103,23 @@ def box_pixel_spans(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(first, 0, limits)
 
 
-def overlapping_pairs(spans: np.ndarray) -> np.ndarray:
-    """Bool (R, R): [r, j] is True when boxes r and j share at least one pixel centre."""
-    col0, row0, col1, row1 = (spans[:, i] for i in range(4))
-    cols = np.maximum(col0[:, None], col0[None]) < np.minimum(col1[:, None], col1[None])
-    rows = np.maximum(row0[:, None], row0[None]) < np.minimum(row1[:, None], row1[None])
+def overlapping_pairs(blanked: np.ndarray, cropped: np.ndarray) -> np.ndarray:
+    """Bool (R, C): [r, j] is True when blanked span r and crop span j share at least one pixel centre."""
+    cols = np.maximum(blanked[:, None, 0], cropped[None, :, 0]) < np.minimum(blanked[:, None, 2], cropped[None, :, 2])
+    rows = np.maximum(blanked[:, None, 1], cropped[None, :, 1]) < np.minimum(blanked[:, None, 3], cropped[None, :, 3])
     return cols & rows
 
 
-def wholly_blanked_pairs(boxes: np.ndarray, spans: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bool (R, R): [r, j] is True when box j lies inside the image and its pixels all lie in box r,
-    so that blanking r blanks j's whole crop (no padding, every sampled pixel at the fill)."""
-    corners = np.asarray(boxes, dtype=np.float32)
+def wholly_blanked_pairs(blanked: np.ndarray, crop_boxes: np.ndarray, cropped: np.ndarray,
+                         height: int, width: int) -> np.ndarray:
+    """Bool (R, C): [r, j] is True when crop box j lies inside the image and its pixels (span
+    `cropped[j]`) all lie in blanked span r, so that blanking r blanks j's whole crop (no padding,
+    every sampled pixel at the fill)."""
+    corners = np.asarray(crop_boxes, dtype=np.float32)
     inside = ((corners[:, :2] >= 0).all(1) & (corners[:, 2] <= width) & (corners[:, 3] <= height))
-    col0, row0, col1, row1 = (spans[:, i] for i in range(4))
-    covered = ((col0[:, None] <= col0[None]) & (row0[:, None] <= row0[None])
-               & (col1[:, None] >= col1[None]) & (row1[:, None] >= row1[None]))
-    return covered & inside[None] & overlapping_pairs(spans)
+    covered = ((blanked[:, None, :2] <= cropped[None, :, :2]).all(-1)
+               & (blanked[:, None, 2:] >= cropped[None, :, 2:]).all(-1))
+    return covered & inside[None] & overlapping_pairs(blanked, cropped)
 
 
 @torch.inference_mode()
@@ -132,12 +134,14 @@ def occlusion_embeddings(embedder: Embedder, pixels: np.ndarray, boxes: np.ndarr
     """
     started = time.perf_counter()
     image, boxes = _checked_inputs(pixels, boxes)
-    spans = box_pixel_spans(boxes, *image.shape)
-    blanked = wholly_blanked_pairs(boxes, spans, *image.shape)
-    recomputed = overlapping_pairs(spans) & ~blanked
+    region_crops = embedder.features.region_crops
+    crop_boxes = region_crops.tile_boxes(torch.from_numpy(boxes)).numpy()
+    spans, crop_spans = box_pixel_spans(boxes, *image.shape), box_pixel_spans(crop_boxes, *image.shape)
+    blanked = wholly_blanked_pairs(spans, crop_boxes, crop_spans, *image.shape)
+    recomputed = overlapping_pairs(spans, crop_spans) & ~blanked
     device = embedder.device
     grey = torch.as_tensor(image, dtype=torch.float32, device=device)
-    box_tensor = torch.as_tensor(boxes, dtype=torch.float32, device=device)
+    box_tensor = torch.as_tensor(crop_boxes, dtype=torch.float32, device=device)
 
     passes = {} if before_pass is None else {"chunk_size": YIELDING_PASS_CROPS, "before_chunk": before_pass}
     plain = embedder.features.crop_features(crop_regions([grey], box_tensor[None])[0], **passes)
@@ -152,10 +156,10 @@ def occlusion_embeddings(embedder: Embedder, pixels: np.ndarray, boxes: np.ndarr
             occluded[torch.from_numpy(blanked).to(device)] = features[-1]
             features = features[:-1]
         occluded[torch.from_numpy(recomputed).to(device)] = features
-    embeddings = embedder.embed_features(torch.cat([plain[None], occluded])).image
+    embeddings = embedder.embed_features(region_crops.pool(torch.cat([plain[None], occluded]))).image
     logger.debug("occlusion embeddings computed", extra={
         "recomputed_crops": int(recomputed.sum()), "blanked_crops": int(blanked.sum()),
-        "from_scratch_crops": NUM_REGIONS * NUM_REGIONS, "seconds": round(time.perf_counter() - started, 3)})
+        "from_scratch_crops": NUM_REGIONS * len(crop_boxes), "seconds": round(time.perf_counter() - started, 3)})
     return OcclusionResult(embeddings=embeddings[1:], unoccluded=embeddings[0],
                            recomputed_crops=int(recomputed.sum()), blanked_crops=int(blanked.sum()))
 

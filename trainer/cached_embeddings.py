@@ -28,8 +28,12 @@ BATCH_SIZE = 256
 
 
 def load_network_for(cache: FeatureCache, checkpoint_dir: str | os.PathLike) -> tuple[CheXtriev, CheckpointInfo]:
-    """Load a verified checkpoint and check that it was trained on the cache's backbone features."""
+    """Load a verified checkpoint and check that it was trained on the cache's backbone features and crops."""
     network, info = load_checkpoint(checkpoint_dir)
+    # Crop schemes first: their backbones pool differently, so their fingerprints differ too.
+    if info.region_crops != cache.region_crops:
+        raise CheckpointError(f"checkpoint {checkpoint_dir} was trained on {info.region_crops.name!r} region "
+                              f"crops, the feature cache holds {cache.region_crops.name!r} ones")
     if info.backbone.fingerprint != cache.backbone.fingerprint:
         raise CheckpointError(
             f"checkpoint {checkpoint_dir} was trained on {info.backbone.name} features "

@@ -2,7 +2,8 @@
 
 A cache is a directory holding
 - `manifest.json`: format, dataset name and fingerprint, label names, regions source, backbone
-  (name, weights id, fingerprint), compute dtype, preprocessing, crops ("exact": model.crops, or
+  (name, weights id, fingerprint), compute dtype, preprocessing (with the crop scheme,
+  model.region_crops), crops ("exact": model.crops, or
   "roi_align": cut on a GPU, see trainer.feature_pipeline; a cache made before it was recorded holds
   exact ones), feature_dim, count, created;
 - `records.jsonl`: one line per row: case_id, patient_id, split, labels (positive label names);
@@ -63,6 +64,7 @@ from model.errors import ChextrievError
 from model.feature_extractor import FeatureExtractor
 from model.fileio import atomic_write_bytes
 from model.preprocessing import preprocessing_config
+from model.region_crops import SINGLE, RegionCrops, region_crops_recorded
 from trainer.datasets.records import Dataset, ImageRecord
 from trainer.feature_pipeline import (
     DeviceCropPipeline,
@@ -114,6 +116,7 @@ class FeatureCache:
     done: np.ndarray  # (N,) bool
     skipped: np.ndarray  # (N,) bool
     region_labels: np.ndarray | None = None  # (N, 18, C) bool, or None when the cache holds none
+    region_crops: RegionCrops = SINGLE  # the crop scheme its region features were computed with
 
     @classmethod
     def open(cls, directory: str | os.PathLike, *, allow_incomplete: bool = False) -> FeatureCache:
@@ -121,9 +124,14 @@ class FeatureCache:
         (unless allow_incomplete, for inspecting a cache that is still being filled)."""
         directory = Path(directory)
         manifest = _read_manifest(directory)
-        if manifest.get("preprocessing") != preprocessing_config():
+        try:
+            region_crops = region_crops_recorded(manifest.get("preprocessing"))
+        except ChextrievError as error:
+            raise FeatureCacheError(f"feature cache {directory}: {error}") from None
+        if manifest.get("preprocessing") != preprocessing_config(region_crops):
             raise FeatureCacheError(f"feature cache {directory} was made with preprocessing "
-                                    f"{manifest.get('preprocessing')}, this version uses {preprocessing_config()}")
+                                    f"{manifest.get('preprocessing')}, this version uses "
+                                    f"{preprocessing_config(region_crops)}")
         try:
             count, feature_dim = int(manifest["count"]), int(manifest["feature_dim"])
             label_names = tuple(manifest["label_names"])
@@ -149,7 +157,7 @@ class FeatureCache:
             splits=np.array([r["split"] for r in records], dtype=str),
             labels=_label_matrix(records, label_names, directory),
             region_features=arrays[REGION_FILE], whole_image_features=arrays[WHOLE_FILE],
-            done=done, skipped=skipped, region_labels=region_labels,
+            done=done, skipped=skipped, region_labels=region_labels, region_crops=region_crops,
         )
 
     @property
@@ -179,7 +187,8 @@ class FeatureCache:
                 "done": int(self.done.sum()), "skipped": int(self.skipped.sum()),
                 "splits": {split: int(len(self.indices(split))) for split in SPLITS},
                 "feature_dim": self.feature_dim, "backbone": self.backbone.name,
-                "compute_dtype": self.compute_dtype, "region_labels": self.region_labels is not None}
+                "compute_dtype": self.compute_dtype, "region_labels": self.region_labels is not None,
+                "region_crops": self.region_crops.name}
 
 
 def extract_features(dataset: Dataset, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
@@ -259,7 +268,7 @@ def _run_manifest(dataset: Dataset, extractor: FeatureExtractor) -> dict:
         "regions_source": dataset.regions_source,
         "backbone": dataclasses.asdict(BackboneRecord.of(extractor.backbone)),
         "compute_dtype": str(extractor.dtype).removeprefix("torch."),
-        "preprocessing": preprocessing_config(),
+        "preprocessing": preprocessing_config(extractor.region_crops),
         "feature_dim": extractor.feature_dim,
         "num_regions": NUM_REGIONS,
         "count": len(dataset.records),

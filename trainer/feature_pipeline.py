@@ -30,6 +30,7 @@ from model.batch_features import BatchFeatures
 from model.errors import ChextrievError
 from model.feature_extractor import FeatureExtractor, image_crops
 from model.preprocessing import PAD_VALUE
+from model.region_crops import RegionCrops
 from trainer.datasets.records import ImageRecord
 from trainer.record_images import LoadedImage, RecordImages
 
@@ -68,13 +69,17 @@ class PreparedBatch:
 
 
 class RecordCrops(RecordImages):
-    """Each row's 19 exact crops (`model.feature_extractor.image_crops`), or the image's problem."""
+    """Each row's exact crops under a crop scheme (`model.feature_extractor.image_crops`), or the image's problem."""
+
+    def __init__(self, records: Sequence[ImageRecord], rows: Sequence[int], region_crops: RegionCrops):
+        super().__init__(records, rows)
+        self.region_crops = region_crops
 
     def __getitem__(self, position: int) -> LoadedImage:
         loaded = super().__getitem__(position)
         if loaded.problem is not None:
             return loaded
-        return dataclasses.replace(loaded, pixels=image_crops(loaded.pixels, loaded.boxes))
+        return dataclasses.replace(loaded, pixels=image_crops(loaded.pixels, loaded.boxes, self.region_crops))
 
 
 class RecordBytes(RecordImages):
@@ -100,8 +105,8 @@ class ExactCropPipeline:
         """Batches of `batch_size` rows. The workers prepare single images and run up to a batch ahead,
         so they cut the next batch's crops while the backbone runs (two batches of crops in memory)."""
         ahead = max(PREFETCH_PER_WORKER, math.ceil(batch_size / num_workers)) if num_workers else None
-        images = DataLoader(RecordCrops(records, rows), batch_size=None, num_workers=num_workers,
-                            prefetch_factor=ahead)
+        images = DataLoader(RecordCrops(records, rows, self.extractor.region_crops), batch_size=None,
+                            num_workers=num_workers, prefetch_factor=ahead)
         for group in _groups(images, batch_size):
             yield PreparedBatch.of(group, lambda good: (torch.stack([item.pixels for item in good]),))
 
@@ -117,7 +122,8 @@ class DeviceCropPipeline:
         self.device = extractor.device
         self.crops = crops
         self.runner = BatchFeatures(extractor.backbone, device=extractor.device, dtype=extractor.dtype,
-                                    compile_backbone=compile_backbone, crops=crops)
+                                    compile_backbone=compile_backbone, crops=crops,
+                                    region_crops=extractor.region_crops)
 
     def batches(self, records: Sequence[ImageRecord], rows: Sequence[int], *, batch_size: int,
                 num_workers: int) -> Iterator[PreparedBatch]:

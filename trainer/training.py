@@ -68,6 +68,7 @@ from model.errors import ChextrievError
 from model.fileio import fsync_directory
 from model.library_logging import route_library_logs_to_root
 from model.network import CheXtriev
+from model.preprocessing import preprocessing_config
 from trainer.feature_cache import FeatureCache
 
 if TYPE_CHECKING:  # Lightning and scipy load when a run trains, not with TrainingConfig (the demo's warm start)
@@ -483,7 +484,7 @@ def _write_checkpoint_dir(checkpoint_dir: Path, network: CheXtriev, cache: Featu
     checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{checkpoint_dir.name}.", dir=checkpoint_dir.parent))
     try:
-        save_checkpoint(temporary, network, cache.backbone, metadata)
+        save_checkpoint(temporary, network, cache.backbone, metadata, preprocessing_config(cache.region_crops))
         os.replace(temporary, checkpoint_dir)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -18,6 +18,7 @@ from model.embedder import Embedder
 from model.errors import ImageError, RegionError
 from model.network import CheXtriev
 from model.preprocessing import IMAGENET_MEAN
+from model.region_crops import TILES
 from model.saliency import YIELDING_PASS_CROPS, SaliencyResult, occlusion_embeddings, region_saliency, top_regions
 from model.saliency_render import NOISE_COLOUR, VIRIDIS_STOPS, legend_lines, render_saliency_png
 from model.saliency_scale import DEFAULT_NOISE_FLOOR, DEFAULT_SCALE_MAX, SaliencyScale
@@ -58,14 +59,17 @@ def centre_mask(box, height: int, width: int) -> np.ndarray:
 
 def blanked_from_scratch(embedder: Embedder, pixels: np.ndarray, boxes: np.ndarray,
                          region: int) -> np.ndarray:
-    """The naive way: fill region's pixels with the ImageNet mean (per channel), crop all 18, embed."""
+    """The naive way: fill region's pixels with the ImageNet mean (per channel), cut all crops of the
+    embedder's crop scheme, pool them into region features, embed."""
     mask = centre_mask(boxes[region], *pixels.shape)
+    region_crops = embedder.features.region_crops
+    crop_boxes = region_crops.tile_boxes(torch.from_numpy(boxes))
     channels = []
     for channel, mean in enumerate(IMAGENET_MEAN):
         filled = torch.from_numpy(np.where(mask, mean, pixels).astype(np.float32))
-        channels.append(crop_regions([filled], torch.from_numpy(boxes)[None])[0, :, channel])
+        channels.append(crop_regions([filled], crop_boxes[None])[0, :, channel])
     crops = torch.stack(channels, dim=1)
-    return embedder.embed_features(embedder.features.crop_features(crops)[None]).image[0]
+    return embedder.embed_features(region_crops.pool(embedder.features.crop_features(crops))[None]).image[0]
 
 
 def test_occlusion_equals_blanking_and_reembedding_from_scratch(embedder, retrieved, occlusion):
@@ -76,6 +80,24 @@ def test_occlusion_equals_blanking_and_reembedding_from_scratch(embedder, retrie
         expected = blanked_from_scratch(embedder, pixels, boxes, region)
         np.testing.assert_allclose(occlusion.embeddings[region], expected, atol=1e-5, err_msg=name)
         assert float(expected @ occlusion.unoccluded) < 0.99999  # blanking the region changed something
+
+
+def test_occlusion_over_tiles_equals_blanking_and_reembedding_from_scratch(retrieved):
+    backbone = build_backbone("efficientnet_lite0", pooling="max")
+    torch.manual_seed(0)
+    config = ModelConfig.for_variant("V6", input_dim=backbone.feature_dim, width=64, num_heads=4,
+                                     head_dim=16, ff_dim=128)
+    embedder = Embedder(backbone, CheXtriev(config), "untrained", region_crops=TILES)
+    pixels, boxes = retrieved
+    result = occlusion_embeddings(embedder, pixels, boxes)
+    np.testing.assert_allclose(result.unoccluded, embedder.embed(pixels, boxes).image[0], atol=1e-5)
+    for name in ("mediastinum", "right costophrenic angle"):
+        region = REGION_INDEX[name]
+        expected = blanked_from_scratch(embedder, pixels, boxes, region)
+        np.testing.assert_allclose(result.embeddings[region], expected, atol=1e-5, err_msg=name)
+    # A region's four tiles lie inside it: blanking it blanks at least its own tiles whole.
+    assert result.blanked_crops >= 4 * NUM_REGIONS
+    assert 0 < result.recomputed_crops < 4 * NUM_REGIONS * NUM_REGIONS // 2
 
 
 def test_only_crops_partly_blanked_are_recomputed(retrieved, occlusion):

@@ -23,9 +23,12 @@ from model.backbones import build_backbone
 from model.checkpoint import load_checkpoint, read_checkpoint_info
 from model.config import VARIANT_SETTINGS, ModelConfig
 from model.embedder import Embedder
+from model.errors import CheckpointError
 from model.feature_extractor import FeatureExtractor
+from model.region_crops import TILES
 from service.cli import main
 from tests.trainer.datasets import imagenome_fixtures
+from trainer.cached_embeddings import load_network_for
 from trainer.datasets.anatomy_sources import LungBoxes
 from trainer.datasets.records import Dataset, ImageRecord
 from trainer.demo.samples import sample_case_input
@@ -53,23 +56,27 @@ def _labels(case) -> tuple[str, ...]:
                                                           case.metadata["view"] == "AP Supine")) if present)
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory, sample_cases) -> Path:
-    """A feature cache of 11 bundled radiographs with EfficientNet-Lite0 features; one more train
-    row is a truncated JPEG, marked skipped by the cache."""
-    directory = tmp_path_factory.mktemp("features")
+def _bundled_dataset(sample_cases, directory: Path) -> Dataset:
+    """11 bundled radiographs; one more train row is a truncated JPEG (written into `directory`)."""
     records = [ImageRecord(sample_cases[i].case_id, sample_cases[i].image_path, sample_cases[i].patient_id,
                            split, _labels(sample_cases[i]),
                            LungBoxes(sample_cases[i].right_lung, sample_cases[i].left_lung))
                for split, chosen in (("train", TRAIN_CASES), ("val", VAL_CASES)) for i in chosen]
-    truncated = directory.parent / "truncated.jpg"
+    truncated = directory / "truncated.jpg"
     truncated.write_bytes(sample_cases[3].image_path.read_bytes()[:300])
     records.append(ImageRecord("truncated", truncated, "p-truncated", "train", ("COVID-19",),
                                LungBoxes(sample_cases[3].right_lung, sample_cases[3].left_lung)))
-    dataset = Dataset("bundled-sample", LABELS, records, "lung_boxes")
+    return Dataset("bundled-sample", LABELS, records, "lung_boxes")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory, sample_cases) -> Path:
+    """A feature cache of `_bundled_dataset` with EfficientNet-Lite0 features; the truncated JPEG is
+    marked skipped by the cache."""
+    directory = tmp_path_factory.mktemp("features")
     cache = directory / "cache"
-    extract_features(dataset, FeatureExtractor(build_backbone("efficientnet_lite0")), cache,
-                     batch_size=12, num_workers=0, skip_bad_images=True)
+    extract_features(_bundled_dataset(sample_cases, directory), FeatureExtractor(build_backbone("efficientnet_lite0")),
+                     cache, batch_size=12, num_workers=0, skip_bad_images=True)
     return cache
 
 
@@ -150,6 +157,23 @@ def test_checkpoint_embeds_a_radiograph_with_the_real_backbone(cache, tmp_path, 
     from_cache = embedder.embed_features(torch.from_numpy(np.asarray(cache.region_features[row:row + 1],
                                                                      dtype=np.float32))).image[0]
     assert float(embedding @ from_cache) > 0.999  # the cache holds this backbone's features of the image
+
+
+def test_a_tiles_cache_trains_a_checkpoint_whose_embedder_cuts_tiles(cache, tmp_path, sample_cases):
+    extractor = FeatureExtractor(build_backbone("efficientnet_lite0", pooling="max"), region_crops=TILES)
+    tiles_cache = extract_features(_bundled_dataset(sample_cases, tmp_path), extractor, tmp_path / "tiles",
+                                   batch_size=12, num_workers=0, skip_bad_images=True)
+    result = train(tiles_cache, _config(tiles_cache), _training(max_epochs=1), tmp_path / "run")
+    assert read_checkpoint_info(result.checkpoint_dir).region_crops is TILES
+    embedder = Embedder.from_checkpoint(result.checkpoint_dir)
+    assert embedder.features.region_crops is TILES
+    case = VAL_CASES[1]
+    row = int(np.flatnonzero(tiles_cache.case_ids == sample_cases[case].case_id)[0])
+    from_cache = embedder.embed_features(torch.from_numpy(np.asarray(tiles_cache.region_features[row:row + 1],
+                                                                     dtype=np.float32))).image[0]
+    assert float(embedder.embed(*sample_case_input(sample_cases[case])).image[0] @ from_cache) > 0.999
+    with pytest.raises(CheckpointError, match="trained on 'tiles' region crops, the feature cache holds 'single'"):
+        load_network_for(cache, result.checkpoint_dir)
 
 
 def test_same_seed_gives_identical_checkpoints(cache, tmp_path):

@@ -1,4 +1,4 @@
-"""`chextriev features --regions model`: regions predicted by the shipped anatomy model."""
+"""`chextriev features --regions model`: regions predicted by the shipped anatomy model; `--region-crops`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 
 from PIL import Image
 
+from model.region_crops import TILES
 from tests.trainer.datasets.manifests import write_csv
 from trainer.commands import features
 from trainer.feature_cache import FeatureCache
@@ -28,3 +29,19 @@ def test_features_with_model_regions_skip_an_image_without_a_chest(shipped_anato
     assert (summary["count"], summary["done"], summary["skipped"]) == (3, 3, 1)
     cache = FeatureCache.open(tmp_path / "cache")
     assert cache.regions_source == "model" and cache.skipped.tolist() == [False, False, True]
+
+
+def test_features_with_tiles_record_the_crop_scheme(shipped_anatomy_model, sample_cases, tmp_path, capsys):
+    rows = [{"image": str(case.image_path), "labels": "Edema", "split": "train"} for case in sample_cases[:2]]
+    manifest = write_csv(tmp_path / "manifest.csv", rows)
+    parser = argparse.ArgumentParser()
+    features.register(parser.add_subparsers())
+    args = parser.parse_args(["features", "--manifest", str(manifest), "--regions", "model", "--region-crops", "tiles",
+                              "--out", str(tmp_path / "cache"), "--backbone", "efficientnet_lite0",
+                              "--device", "cpu", "--workers", "0"])
+    assert args.handler(args) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["region_crops"] == "tiles"
+    cache = FeatureCache.open(tmp_path / "cache")
+    assert cache.region_crops is TILES and cache.done.all()
+    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["preprocessing"]["region_crops"] == \
+        TILES.config()

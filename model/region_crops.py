@@ -1,0 +1,91 @@
+"""How a region box becomes backbone crops, and their features one region feature: the crop scheme.
+
+- "single" (the paper's): one crop of the whole box, resized to CROP_SIZE, its backbone feature
+  mean-pooled over positions.
+- "tiles": a 2 x 2 grid of overlapping tiles, each 3/4 of the box's width and height, the outer ones
+  flush with the box's edges, so every tile lies inside the box and is seen at 4/3 the resolution
+  of the single crop; the backbone feature is max-pooled over positions, then over the four tiles.
+  A small finding, such as a nodule, is averaged away in one mean over a whole lung zone; in a
+  maximum over finer views it stands out (README, "Same-zone retrieval", has the measurements).
+
+A scheme is part of the preprocessing (model.preprocessing.preprocessing_config), so feature caches
+and checkpoints record it, and a checkpoint's service cuts the crops its network was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model.errors import ChextrievError
+
+POOLINGS = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class RegionCrops:
+    """A crop scheme: `grid` x `grid` tiles per box, each `tile_fraction` of its side, and the
+    `pooling` of the backbone's feature map over positions and of the tiles' features."""
+
+    name: str
+    grid: int
+    tile_fraction: float
+    pooling: str
+
+    @property
+    def tiles(self) -> int:
+        """Crops per region box."""
+        return self.grid * self.grid
+
+    def tile_boxes(self, boxes: Tensor) -> Tensor:
+        """The (..., R * tiles, 4) tile boxes of (..., R, 4) boxes [x1, y1, x2, y2]; region r's tiles
+        are rows r * tiles to (r + 1) * tiles - 1, row-major over the grid."""
+        if self.grid == 1:
+            return boxes
+        start, end = boxes[..., :2], boxes[..., 2:]
+        side = (end - start) * self.tile_fraction
+        # Offsets of the tiles' top-left corners: 0 to (1 - tile_fraction) of the side, evenly spread.
+        steps = torch.linspace(0, 1, self.grid, dtype=boxes.dtype, device=boxes.device)
+        rows, cols = torch.meshgrid(steps, steps, indexing="ij")
+        offsets = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)  # (tiles, 2) as (x, y)
+        corner = start[..., None, :] + offsets * (end - start - side)[..., None, :]
+        tiles = torch.cat([corner, corner + side[..., None, :]], dim=-1)  # (..., R, tiles, 4)
+        return tiles.flatten(-3, -2)
+
+    def pool(self, features: Tensor) -> Tensor:
+        """(..., R, F) region features of the (..., R * tiles, F) features of `tile_boxes`' crops."""
+        if self.grid == 1:
+            return features
+        tiled = features.unflatten(-2, (-1, self.tiles))
+        return tiled.amax(-2) if self.pooling == "max" else tiled.mean(-2)
+
+    def config(self) -> dict:
+        """The scheme as recorded in preprocessing settings."""
+        return {"name": self.name, "grid": self.grid, "tile_fraction": self.tile_fraction, "pooling": self.pooling}
+
+
+SINGLE = RegionCrops("single", grid=1, tile_fraction=1.0, pooling="mean")
+TILES = RegionCrops("tiles", grid=2, tile_fraction=0.75, pooling="max")
+REGION_CROPS: dict[str, RegionCrops] = {scheme.name: scheme for scheme in (SINGLE, TILES)}
+
+
+def region_crops_named(name: str) -> RegionCrops:
+    """The crop scheme `name` ("single" or "tiles"), or ChextrievError."""
+    if name not in REGION_CROPS:
+        raise ChextrievError(f"unknown region crops {name!r}; expected one of {', '.join(REGION_CROPS)}")
+    return REGION_CROPS[name]
+
+
+def region_crops_recorded(preprocessing: dict) -> RegionCrops:
+    """The crop scheme that preprocessing settings record; settings written before schemes existed
+    record none and mean the single crop. ChextrievError for a scheme this version does not know."""
+    recorded = preprocessing.get("region_crops") if isinstance(preprocessing, dict) else preprocessing
+    if recorded is None:
+        return SINGLE
+    scheme = REGION_CROPS.get(recorded.get("name")) if isinstance(recorded, dict) else None
+    if scheme is None or scheme.config() != recorded:
+        raise ChextrievError(f"region crops {recorded} are not a scheme of this version "
+                             f"({', '.join(REGION_CROPS)})")
+    return scheme
