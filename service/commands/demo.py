@@ -24,6 +24,7 @@ from index_store.errors import SnapshotError
 from model.backbones import BACKBONE_NAMES
 from model.errors import ChextrievError
 from model.patient_keys import patient_hash
+from model.region_crops import REGION_CROPS, SINGLE
 from service.commands.serve import serve
 from service.db.migrate import current_revision, head_revision, upgrade
 from service.db.repository import CaseRecord, upsert_cases
@@ -63,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"the frozen backbone (default {BACKBONE})")
     parser.add_argument("--backbone-weights", default=DEFAULT_WEIGHTS,
                         help="the backbone's weight file (default: its packaged or published ImageNet weights)")
+    parser.add_argument("--region-crops", choices=tuple(REGION_CROPS), default=SINGLE.name,
+                        help="the crop scheme of the features and the model (model.region_crops; default single)")
     parser.set_defaults(handler=run)
 
 
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         salt = base.patient_salt.get_secret_value() if base.patient_salt is not None else None
         build = build_demo(args.work_dir, DemoDatabase, rebuild=args.rebuild, occlusion=args.occlusion,
                            compute=Compute(base.device, base.dtype), configured_salt=salt,
-                           backbone=args.backbone, backbone_weights=args.backbone_weights)
+                           backbone=args.backbone, backbone_weights=args.backbone_weights,
+                           region_crops=args.region_crops)
     except (ChextrievError, SnapshotError, CommandError, SQLAlchemyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -56,7 +56,8 @@ def test_first_build_builds_every_step(demo_record: dict) -> None:
     assert demo_record["cases"] == 48
     assert demo_record["occlusion"] is False  # the default: /saliency computes a case's occlusions when asked
     assert demo_record["backbone"] == {"name": "efficientnet_lite0", "weights": "default",
-                                       "weights_sha256": weights_source_digest("efficientnet_lite0", "default")}
+                                       "weights_sha256": weights_source_digest("efficientnet_lite0", "default"),
+                                       "region_crops": "single"}
 
 
 def test_salt_is_generated_once_and_private(demo_dir: Path, demo_salt: str) -> None:
@@ -191,7 +192,8 @@ def test_the_same_weights_from_a_file_reuse_everything_and_reach_the_service(
         record = read_build_record(paths.record)
         assert set(record["steps"].values()) == {"reused"}  # the weights are the same: reuse is by content
         assert record["backbone"] == {"name": "efficientnet_lite0", "weights": weights,
-                                      "weights_sha256": weights_source_digest("efficientnet_lite0", "default")}
+                                      "weights_sha256": weights_source_digest("efficientnet_lite0", "default"),
+                                      "region_crops": "single"}
         assert demo_settings(paths, demo_salt, record).backbone_weights == weights
         assert Embedder.from_checkpoint(paths.checkpoint, backbone_weights=weights).fingerprint == \
             record["checkpoint_fingerprint"]

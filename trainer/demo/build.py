@@ -6,7 +6,8 @@ the cases into its database), so the trainer never imports the service.
 
 Work directory (default ./var/demo):
 - `features/`: backbone features of the 48 radiographs (trainer.feature_cache): EfficientNet-Lite0
-  with its packaged ImageNet weights unless the build names another backbone or weight file;
+  with its packaged ImageNet weights and single region crops unless the build names another backbone,
+  weight file or crop scheme (model.region_crops);
 - `training/`: the training run; `training/checkpoint/` is the model (trainer.training);
 - `index/`: the index store; the demo's snapshot holds every case's embedding and its patient group
   key, and with `occlusion=True` its 18 occlusion embeddings (so /saliency needs no network pass for
@@ -21,9 +22,9 @@ its licence and source (ATTRIBUTION.md), and the cases name their files relative
 
 Each step reuses its artefact when the build record shows it was made from the same inputs and the
 artefact is still there and sound; otherwise it builds it again (the owning modules write
-atomically). features: dataset and backbone (its fingerprint hashes the architecture's name and the
-weights as loaded, so another backbone or weight file rebuilds, the same weights under another path
-do not); checkpoint: those and the model and training settings;
+atomically). features: dataset, backbone and crop scheme (the fingerprint hashes the architecture's
+name, its pooling and the weights as loaded, so another backbone, weight file or scheme rebuilds, the
+same weights under another path do not); checkpoint: those and the model and training settings;
 snapshot: the checkpoint's fingerprint, the salt and the occlusion option; database: the bundled
 manifest's SHA-256, the salt and the case store's revision. A crash leaves no record of the step it
 interrupted, so the next build redoes that step.
@@ -63,6 +64,7 @@ from model.fileio import atomic_write_bytes, sha256_file
 from model.imaging import decode_image
 from model.patient_keys import patient_group_keys
 from model.precision import dtype_named
+from model.region_crops import SINGLE, RegionCrops, region_crops_named
 from model.saliency import occlusion_embeddings
 from trainer.cached_embeddings import load_network_for, network_embeddings, network_node_embeddings, patient_groups
 from trainer.datasets.manifest import read_manifest
@@ -190,13 +192,14 @@ class Compute:
 def build_demo(work_dir: str | os.PathLike, case_store: Callable[[DemoPaths, str], CaseStore], *,
                rebuild: bool = False, occlusion: bool = False, compute: Compute = Compute(),
                configured_salt: str | None = None, backbone: str = BACKBONE,
-               backbone_weights: str = DEFAULT_WEIGHTS) -> DemoBuild:
+               backbone_weights: str = DEFAULT_WEIGHTS, region_crops: str = SINGLE.name) -> DemoBuild:
     """Build (or reuse) every demo artefact under `work_dir`; `case_store(paths, salt)` receives the cases.
 
     `rebuild` ignores the build record, so every step runs again; `occlusion=True` precomputes every
     case's occlusion embeddings into the snapshot (a much slower first build; without them /saliency
     computes them per case when asked). `backbone` names the architecture (model.backbones) and
     `backbone_weights` its weights: "default" or a weight file path; the service must load the same.
+    `region_crops` names the crop scheme (model.region_crops) of the features and so of the model.
     `configured_salt` is the deployment's patient salt, else the work directory's is used.
     Raises ChextrievError, SnapshotError or the case store's error when a step fails; a failed build
     records nothing, so the next one compares its inputs with the last finished build's.
@@ -205,13 +208,15 @@ def build_demo(work_dir: str | os.PathLike, case_store: Callable[[DemoPaths, str
     paths = DemoPaths(Path(work_dir).resolve())
     paths.work_dir.mkdir(parents=True, exist_ok=True)
     dtype_named(compute.dtype)  # an unknown name stops the build before any work
+    crops = region_crops_named(region_crops)
     salt = demo_salt(paths, configured_salt)
     store = case_store(paths, salt)
     previous = {} if rebuild else read_build_record(paths.record)
     dataset = demo_dataset()
     backbone_record = {"name": backbone, "weights": str(backbone_weights),
-                       "weights_sha256": weights_source_digest(backbone, backbone_weights)}
-    backbone_model = functools.cache(lambda: build_backbone(backbone, backbone_weights))
+                       "weights_sha256": weights_source_digest(backbone, backbone_weights),
+                       "region_crops": crops.name}
+    backbone_model = functools.cache(lambda: build_backbone(backbone, backbone_weights, pooling=crops.pooling))
     model_config = ModelConfig.for_variant(VARIANT, input_dim=backbone_feature_dim(backbone),
                                            num_classes=len(dataset.label_names), **MODEL_SIZES)
     record: dict[str, Any] = {
@@ -232,7 +237,7 @@ def build_demo(work_dir: str | os.PathLike, case_store: Callable[[DemoPaths, str
         steps, "features",
         lambda: (_complete_cache(paths.features)
                  if same("dataset_fingerprint", "backbone_fingerprint") else None),
-        lambda: _extract_features(paths.features, dataset, backbone_model(), compute.device))
+        lambda: _extract_features(paths.features, dataset, backbone_model(), crops, compute.device))
     fingerprint = _run_step(
         steps, "checkpoint",
         lambda: (_checkpoint_fingerprint(paths.checkpoint, previous.get("checkpoint_fingerprint"))
@@ -334,9 +339,10 @@ def _complete_cache(directory: Path) -> FeatureCache | None:
         return None
 
 
-def _extract_features(directory: Path, dataset: Dataset, backbone: Backbone, device: str) -> FeatureCache:
+def _extract_features(directory: Path, dataset: Dataset, backbone: Backbone, crops: RegionCrops,
+                      device: str) -> FeatureCache:
     shutil.rmtree(directory, ignore_errors=True)
-    extractor = FeatureExtractor(backbone, device=select_device(device))
+    extractor = FeatureExtractor(backbone, device=select_device(device), region_crops=crops)
     return extract_features(dataset, extractor, directory, num_workers=0)
 
 
@@ -378,7 +384,7 @@ def _publish_gallery(paths: DemoPaths, dataset: Dataset, cache: FeatureCache, ba
     rows = np.flatnonzero(cache.usable)
     network, info = load_network_for(cache, paths.checkpoint)
     embedder = Embedder(backbone, network, info.fingerprint, device=select_device(compute.device),
-                        dtype=dtype_named(compute.dtype))
+                        dtype=dtype_named(compute.dtype), region_crops=info.region_crops)
     gallery = GalleryData(
         embeddings=network_embeddings(embedder.network, cache, rows, device=compute.device).astype(np.float32),
         case_ids=tuple(str(case_id) for case_id in cache.case_ids[rows]),
