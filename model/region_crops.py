@@ -2,11 +2,12 @@
 
 - "single" (the paper's): one crop of the whole box, resized to CROP_SIZE, its backbone feature
   mean-pooled over positions.
-- "tiles": a 2 x 2 grid of overlapping tiles, each 3/4 of the box's width and height, the outer ones
-  flush with the box's edges, so every tile lies inside the box and is seen at 4/3 the resolution
-  of the single crop; the backbone feature is max-pooled over positions, then over the four tiles.
-  A small finding, such as a nodule, is averaged away in one mean over a whole lung zone; in a
-  maximum over finer views it stands out (README, "Same-zone retrieval", has the measurements).
+- "tiles": four overlapping tiles, each 3/4 of the box's width and height, centred on the cells of a
+  2 x 2 grid over the box (so they reach 1/8 of its side beyond it, over the region's border), each
+  seen at 4/3 the resolution of the single crop; the backbone feature is max-pooled over positions,
+  then over the four tiles. A small finding, such as a nodule, is averaged away in one mean over a
+  whole lung zone; in a maximum over finer views it stands out (README, "Same-zone retrieval", has
+  the measurements, and those of tiles kept inside the box, which found less).
 
 A scheme is part of the preprocessing (model.preprocessing.preprocessing_config), so feature caches
 and checkpoints record it, and a checkpoint's service cuts the crops its network was trained on.
@@ -44,15 +45,13 @@ class RegionCrops:
         are rows r * tiles to (r + 1) * tiles - 1, row-major over the grid."""
         if self.grid == 1:
             return boxes
-        start, end = boxes[..., :2], boxes[..., 2:]
-        side = (end - start) * self.tile_fraction
-        # Offsets of the tiles' top-left corners: 0 to (1 - tile_fraction) of the side, evenly spread.
-        steps = torch.linspace(0, 1, self.grid, dtype=boxes.dtype, device=boxes.device)
+        start, size = boxes[..., :2], boxes[..., 2:] - boxes[..., :2]
+        # The cells' centres as fractions of the box, (tiles, 2) as (x, y), row-major.
+        steps = (torch.arange(self.grid, dtype=boxes.dtype, device=boxes.device) + 0.5) / self.grid
         rows, cols = torch.meshgrid(steps, steps, indexing="ij")
-        offsets = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1)  # (tiles, 2) as (x, y)
-        corner = start[..., None, :] + offsets * (end - start - side)[..., None, :]
-        tiles = torch.cat([corner, corner + side[..., None, :]], dim=-1)  # (..., R, tiles, 4)
-        return tiles.flatten(-3, -2)
+        centres = start[..., None, :] + torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1) * size[..., None, :]
+        half = (size * self.tile_fraction / 2)[..., None, :]
+        return torch.cat([centres - half, centres + half], dim=-1).flatten(-3, -2)  # (..., R * tiles, 4)
 
     def pool(self, features: Tensor) -> Tensor:
         """(..., R, F) region features of the (..., R * tiles, F) features of `tile_boxes`' crops."""

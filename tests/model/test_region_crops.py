@@ -45,16 +45,19 @@ def tiles_checkpoint(tmp_path_factory, max_backbone):
     return directory
 
 
-def test_tiles_lie_inside_their_box_at_three_quarters_of_its_side_flush_with_its_edges():
+def test_tiles_are_three_quarters_of_their_box_centred_on_a_two_by_two_grid():
     boxes = torch.tensor([[[10.0, 20.0, 110.0, 220.0], [0.5, 0.0, 8.5, 4.0]]])
     tiles = TILES.tile_boxes(boxes)
     assert tiles.shape == (1, 8, 4)
+    torch.testing.assert_close(tiles[0, :4], torch.tensor([[-2.5, -5.0, 72.5, 145.0], [47.5, -5.0, 122.5, 145.0],
+                                                           [-2.5, 95.0, 72.5, 245.0], [47.5, 95.0, 122.5, 245.0]]))
     for region, box in enumerate(boxes[0]):
         own = tiles[0, region * 4:(region + 1) * 4]
         torch.testing.assert_close(own[:, 2] - own[:, 0], (box[2] - box[0]).expand(4) * 0.75)
         torch.testing.assert_close(own[:, 3] - own[:, 1], (box[3] - box[1]).expand(4) * 0.75)
-        torch.testing.assert_close(own[:, :2].amin(0), box[:2])  # the first tile at the top-left corner
-        torch.testing.assert_close(own[:, 2:].amax(0), box[2:])  # the last at the bottom-right
+        # They reach an eighth of the side over the box's edges, and cover it together.
+        torch.testing.assert_close(own[:, :2].amin(0), box[:2] - (box[2:] - box[:2]) / 8)
+        torch.testing.assert_close(own[:, 2:].amax(0), box[2:] + (box[2:] - box[:2]) / 8)
     assert SINGLE.tile_boxes(boxes) is boxes
 
 

@@ -95,9 +95,8 @@ def test_occlusion_over_tiles_equals_blanking_and_reembedding_from_scratch(retri
         region = REGION_INDEX[name]
         expected = blanked_from_scratch(embedder, pixels, boxes, region)
         np.testing.assert_allclose(result.embeddings[region], expected, atol=1e-5, err_msg=name)
-    # A region's four tiles lie inside it: blanking it blanks at least its own tiles whole.
-    assert result.blanked_crops >= 4 * NUM_REGIONS
-    assert 0 < result.recomputed_crops < 4 * NUM_REGIONS * NUM_REGIONS // 2
+    # Blanking a region changes at least its own four tiles, and far fewer than all tiles of all regions.
+    assert 4 * NUM_REGIONS <= result.recomputed_crops + result.blanked_crops < 4 * NUM_REGIONS * NUM_REGIONS // 2
 
 
 def test_only_crops_partly_blanked_are_recomputed(retrieved, occlusion):
