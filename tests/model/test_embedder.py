@@ -12,6 +12,7 @@ from model.config import ModelConfig
 from model.embedder import Embedder
 from model.errors import CheckpointError
 from model.network import CheXtriev
+from tests.small_networks import small_v6
 from trainer.demo.samples import sample_case_input
 
 
@@ -22,11 +23,8 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory, backbone):
-    torch.manual_seed(0)
-    config = ModelConfig.for_variant("V6", input_dim=backbone.feature_dim, width=64, num_heads=4,
-                                     head_dim=16, ff_dim=128)
     directory = tmp_path_factory.mktemp("checkpoint")
-    save_checkpoint(directory, CheXtriev(config), BackboneRecord.of(backbone))
+    save_checkpoint(directory, small_v6(backbone.feature_dim), BackboneRecord.of(backbone))
     return directory
 
 

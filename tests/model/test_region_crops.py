@@ -13,14 +13,13 @@ import torch
 from model.backbones import build_backbone
 from model.batch_features import BatchFeatures
 from model.checkpoint import CONFIG_FILE, BackboneRecord, read_checkpoint_info, save_checkpoint
-from model.config import ModelConfig
 from model.crops import crop_regions
 from model.embedder import Embedder
 from model.errors import CheckpointError, ChextrievError
 from model.feature_extractor import FeatureExtractor, image_crops
-from model.network import CheXtriev
 from model.preprocessing import preprocessing_config
 from model.region_crops import SINGLE, TILES, region_crops_named, region_crops_recorded
+from tests.small_networks import small_v6
 from trainer.demo.samples import sample_case_input
 
 
@@ -36,11 +35,8 @@ def radiograph(sample_cases):
 
 @pytest.fixture(scope="module")
 def tiles_checkpoint(tmp_path_factory, max_backbone):
-    torch.manual_seed(0)
-    config = ModelConfig.for_variant("V6", input_dim=max_backbone.feature_dim, width=64, num_heads=4,
-                                     head_dim=16, ff_dim=128)
     directory = tmp_path_factory.mktemp("tiles-checkpoint")
-    save_checkpoint(directory, CheXtriev(config), BackboneRecord.of(max_backbone),
+    save_checkpoint(directory, small_v6(max_backbone.feature_dim), BackboneRecord.of(max_backbone),
                     preprocessing=preprocessing_config(TILES))
     return directory
 

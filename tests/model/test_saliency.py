@@ -12,26 +12,22 @@ from PIL import Image
 
 from model.backbones import build_backbone
 from model.catalogue import NUM_REGIONS, REGION_INDEX, REGION_NAMES
-from model.config import ModelConfig
 from model.crops import crop_regions
 from model.embedder import Embedder
 from model.errors import ImageError, RegionError
-from model.network import CheXtriev
 from model.preprocessing import IMAGENET_MEAN
 from model.region_crops import TILES
 from model.saliency import YIELDING_PASS_CROPS, SaliencyResult, occlusion_embeddings, region_saliency, top_regions
 from model.saliency_render import NOISE_COLOUR, VIRIDIS_STOPS, legend_lines, render_saliency_png
 from model.saliency_scale import DEFAULT_NOISE_FLOOR, DEFAULT_SCALE_MAX, SaliencyScale
+from tests.small_networks import small_v6
 from trainer.demo.samples import sample_case_input
 
 
 @pytest.fixture(scope="module")
 def embedder():
     backbone = build_backbone("efficientnet_lite0")
-    torch.manual_seed(0)
-    config = ModelConfig.for_variant("V6", input_dim=backbone.feature_dim, width=64, num_heads=4,
-                                     head_dim=16, ff_dim=128)
-    return Embedder(backbone, CheXtriev(config), "untrained")
+    return Embedder(backbone, small_v6(backbone.feature_dim), "untrained")
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +80,7 @@ def test_occlusion_equals_blanking_and_reembedding_from_scratch(embedder, retrie
 
 def test_occlusion_over_tiles_equals_blanking_and_reembedding_from_scratch(retrieved):
     backbone = build_backbone("efficientnet_lite0", pooling="max")
-    torch.manual_seed(0)
-    config = ModelConfig.for_variant("V6", input_dim=backbone.feature_dim, width=64, num_heads=4,
-                                     head_dim=16, ff_dim=128)
-    embedder = Embedder(backbone, CheXtriev(config), "untrained", region_crops=TILES)
+    embedder = Embedder(backbone, small_v6(backbone.feature_dim), "untrained", region_crops=TILES)
     pixels, boxes = retrieved
     result = occlusion_embeddings(embedder, pixels, boxes)
     np.testing.assert_allclose(result.unoccluded, embedder.embed(pixels, boxes).image[0], atol=1e-5)
