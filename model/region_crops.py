@@ -16,11 +16,12 @@ and checkpoints record it, and a checkpoint's service cuts the crops its network
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from model.errors import ChextrievError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 POOLINGS = ("mean", "max")
 
@@ -45,6 +46,8 @@ class RegionCrops:
         are rows r * tiles to (r + 1) * tiles - 1, row-major over the grid."""
         if self.grid == 1:
             return boxes
+        import torch  # here, not above: the command line's help and the settings import this module torch-free
+
         start, size = boxes[..., :2], boxes[..., 2:] - boxes[..., :2]
         # The cells' centres as fractions of the box, (tiles, 2) as (x, y), row-major.
         steps = (torch.arange(self.grid, dtype=boxes.dtype, device=boxes.device) + 0.5) / self.grid

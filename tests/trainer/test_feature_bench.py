@@ -15,6 +15,7 @@ from model.backbones import build_backbone
 from model.crops import crop_regions, whole_image
 from model.feature_extractor import FeatureExtractor
 from model.imaging import decode_image
+from model.region_crops import SINGLE
 from trainer.commands import bench_features
 from trainer.datasets.anatomy_sources import LungBoxes
 from trainer.datasets.records import Dataset, ImageRecord
@@ -58,7 +59,7 @@ def test_worker_crops_are_the_crops_the_batched_reference_path_cuts(dataset, dec
     tensors = [torch.from_numpy(image) for image in pixels]
     reference = torch.cat([crop_regions(tensors, torch.as_tensor(boxes, dtype=torch.float32)),
                            whole_image(tensors)[:, None]], dim=1)
-    crops = RecordCrops(dataset.records, range(len(dataset.records)))
+    crops = RecordCrops(dataset.records, range(len(dataset.records)), SINGLE)
     assert torch.equal(torch.stack([crops[row].pixels for row in range(len(dataset.records))]), reference)
 
 
