@@ -29,9 +29,26 @@ class JsonFormatter(logging.Formatter):
 
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever `sys.stderr` is when a record is emitted, never to the one
+    it was made with: a stderr replaced and closed since (a test's captured output, a daemon's
+    redirection) would otherwise make every later record of a background thread a logging error."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        """Ignored: the stream is always the current sys.stderr."""
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send JSON log lines to stderr at `level`."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderrHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
