@@ -269,20 +269,11 @@ def build_backbone(name: str, weights: str | os.PathLike | None = "default", *,
     head = getattr(model, architecture.head_attribute)
     setattr(model, architecture.head_attribute, nn.Identity())
     if pooling == "max":
-        setattr(model, architecture.pool_attribute, _GlobalMaxPool(flatten=architecture.pool_flattens))
+        pool = nn.AdaptiveMaxPool2d(1)
+        setattr(model, architecture.pool_attribute, nn.Sequential(pool, nn.Flatten(1)) if architecture.pool_flattens
+                else pool)
     logger.info("backbone built", extra={"backbone": name, "weights_id": weights_id, "pooling": pooling})
     return Backbone(name, weights_id, model, head, architecture.feature_dim, mean, std, pooling)
-
-
-class _GlobalMaxPool(nn.Module):
-    """The maximum of a feature map (N, C, H, W) over positions: (N, C), or (N, C, 1, 1) unflattened."""
-
-    def __init__(self, flatten: bool):
-        super().__init__()
-        self.flatten = flatten
-
-    def forward(self, features: Tensor) -> Tensor:
-        return features.amax(dim=(2, 3), keepdim=not self.flatten)
 
 
 def backbone_feature_dim(name: str) -> int:
